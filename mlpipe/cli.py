@@ -1,0 +1,54 @@
+"""Small helpers shared by the stage scripts' command lines."""
+
+import argparse
+
+
+def str_to_bool(value: str) -> bool:
+    """Parse a command-line boolean the way MLproject parameters are written.
+
+    Args:
+        value: One of true/false, yes/no, 1/0 (any case).
+
+    Returns:
+        The boolean.
+
+    Raises:
+        argparse.ArgumentTypeError: For anything else, naming the value.
+    """
+    lowered = str(value).strip().lower()
+    if lowered in {"true", "yes", "1"}:
+        return True
+    if lowered in {"false", "no", "0"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def optional_float(value: str) -> float | None:
+    """Parse a float parameter where an empty string means "not given"."""
+    if str(value).strip() == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or nothing, got {value!r}") from None
+
+
+def optional_int(value: str) -> int | None:
+    """Parse an integer parameter where an empty string or 0 means "not given"."""
+    if str(value).strip() in {"", "0"}:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+
+
+def fraction(value: str) -> float:
+    """Parse a fraction strictly between 0 and 1 (1 allowed), naming a bad value."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value!r}") from None
+    if not 0.0 < number <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value!r}")
+    return number

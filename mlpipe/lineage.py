@@ -1,0 +1,126 @@
+"""Artifact URIs between stages: resolving them, tagging runs with them, printing the next step.
+
+Stages never read another run's files from disk directly; they hand each other
+`runs:/<run_id>/<path>` URIs and resolve them here through MLflow, so the same code works
+against the local sqlite store and a shared tracking server.
+"""
+
+import os
+import shlex
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+INPUT_URI_TAG = "mlpipe.input_uri"
+STAGE_TAG = "mlpipe.stage"
+
+
+def parse_runs_uri(uri: str) -> tuple[str, str]:
+    """Split a `runs:/<run_id>/<path>` URI into the run ID and the artifact path.
+
+    Args:
+        uri: The URI.
+
+    Returns:
+        (run_id, artifact_path); the path is "" for the run's artifact root.
+
+    Raises:
+        ValueError: If the URI is not a runs:/ URI with a run ID.
+    """
+    prefix = "runs:/"
+    if not uri.startswith(prefix) or not uri[len(prefix) :].strip("/"):
+        raise ValueError(f"expected a URI like runs:/<run_id>/<path>, got {uri!r}")
+    run_id, _, artifact_path = uri[len(prefix) :].strip("/").partition("/")
+    return run_id, artifact_path
+
+
+def resolve_artifact_dir(uri: str, required_file: str, produced_by: str) -> Path:
+    """Make the artifact folder behind a URI available locally and check what it holds.
+
+    Args:
+        uri: A `runs:/`, `models:/` or any MLflow artifact URI, or a local folder.
+        required_file: A file that must exist in the folder (e.g. "meta.json").
+        produced_by: What would be right, for the error message
+            (e.g. "runs:/<get_data_run_id>/dataset from a get_data run").
+
+    Returns:
+        The local folder.
+
+    Raises:
+        ValueError: If the URI cannot be resolved or does not hold `required_file`.
+    """
+    if not uri or not uri.strip():
+        raise ValueError(f"no input URI given; expected {produced_by}")
+    if os.path.isdir(uri):
+        local_dir = Path(uri)
+    elif "://" not in uri and ":/" not in uri:
+        raise ValueError(f"{uri!r} is neither an existing folder nor a URI; expected {produced_by}")
+    else:
+        try:
+            local_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        except (MlflowException, OSError) as error:
+            raise ValueError(
+                f"could not fetch {uri!r} ({first_line(error)}); expected {produced_by}"
+            ) from error
+    if not (local_dir / required_file).is_file():
+        raise ValueError(f"{uri!r} does not hold {required_file}; expected {produced_by}")
+    return local_dir
+
+
+def first_line(error: BaseException) -> str:
+    """Return the first line of an exception's message, for short error messages."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def start_stage_run(stage: str, input_uri: str | None = None) -> mlflow.ActiveRun:
+    """Start (or, under `mlflow run`, continue) the run of one stage and tag it.
+
+    Args:
+        stage: The entry point name, recorded as the `mlpipe.stage` tag.
+        input_uri: The URI this stage read, recorded as the `mlpipe.input_uri` tag so that
+            later stages can follow the lineage back.
+
+    Returns:
+        The active run, to be used as a context manager.
+    """
+    run = mlflow.start_run()
+    mlflow.set_tag(STAGE_TAG, stage)
+    if input_uri:
+        mlflow.set_tag(INPUT_URI_TAG, input_uri)
+    return run
+
+
+def log_new_params(params: dict[str, object]) -> None:
+    """Log parameters the active run does not have yet.
+
+    `mlflow run` already logs the entry point's parameters as given on the command line;
+    a stage adds what it resolved (defaults, derived values) without clashing with those.
+    """
+    run_id = mlflow.active_run().info.run_id
+    existing = mlflow.get_run(run_id).data.params
+    new = {key: value for key, value in params.items() if key not in existing}
+    if new:
+        mlflow.log_params(new)
+
+
+def artifact_uri(run_id: str, path: str) -> str:
+    """Build the `runs:/` URI of an artifact path in a run."""
+    return f"runs:/{run_id}/{path}"
+
+
+def next_command(entry_point: str, **parameters: object) -> str:
+    """Format the `mlflow run` command for the next stage, ready to copy.
+
+    Args:
+        entry_point: The MLproject entry point.
+        **parameters: Parameters to pass with `-P`.
+
+    Returns:
+        The command line.
+    """
+    parts = ["mlflow", "run", ".", "-e", entry_point]
+    for name, value in parameters.items():
+        parts += ["-P", f"{name}={value}"]
+    return shlex.join(parts) + " --env-manager local"
