@@ -13,7 +13,7 @@ Next:   mlflow run . -e explore_data -P data=runs:/<this run>/dataset --env-mana
 import argparse
 
 from mlpipe import datasets
-from mlpipe.cli import optional_int, str_to_bool
+from mlpipe.cli import optional_int, run_or_exit, str_to_bool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     """Parse the command line and run the stage."""
     args = build_parser().parse_args()
-    datasets.run_get_data(**vars(args))
+    run_or_exit(datasets.run_get_data, **vars(args))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Next:   mlflow run . -e preprocess -P data=<same URI> -P stats=runs:/<this run>/
 import argparse
 
 from mlpipe import stats
+from mlpipe.cli import run_or_exit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     """Parse the command line and run the stage."""
     args = build_parser().parse_args()
-    stats.run_explore(**vars(args))
+    run_or_exit(stats.run_explore, **vars(args))
 
 
 if __name__ == "__main__":

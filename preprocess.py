@@ -12,7 +12,7 @@ Next:   mlflow run . -e train -P data=runs:/<this run>/preprocessed --env-manage
 import argparse
 
 from mlpipe import preprocessing
-from mlpipe.cli import fraction, optional_float
+from mlpipe.cli import fraction, optional_float, run_or_exit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     """Parse the command line and run the stage."""
     args = build_parser().parse_args()
-    preprocessing.run_preprocess(**vars(args))
+    run_or_exit(preprocessing.run_preprocess, **vars(args))
 
 
 if __name__ == "__main__":

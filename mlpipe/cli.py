@@ -1,6 +1,11 @@
 """Small helpers shared by the stage scripts' command lines."""
 
 import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from mlflow.exceptions import MlflowException
 
 
 def str_to_bool(value: str) -> bool:
@@ -52,3 +57,22 @@ def fraction(value: str) -> float:
     if not 0.0 < number <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value!r}")
     return number
+
+
+def run_or_exit(stage: Callable[..., object], **arguments: object) -> None:
+    """Call a stage and turn the errors a user can cause into one clear line and exit code 1.
+
+    Any other exception keeps its traceback; so does every error with MLPIPE_DEBUG=1.
+
+    Args:
+        stage: The stage function.
+        **arguments: Its arguments, as parsed from the command line.
+    """
+    try:
+        stage(**arguments)
+    except (ValueError, MlflowException) as error:
+        if os.environ.get("MLPIPE_DEBUG") == "1":
+            raise
+        message = error.message if isinstance(error, MlflowException) else str(error)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)

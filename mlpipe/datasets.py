@@ -524,13 +524,16 @@ def load_tfds_malaria(
             "unzip cell_images.zip and pass -P dataset=image_dir -P source=<.../cell_images>."
         ) from error
     decoded, labels = [], []
-    total = builder.info.splits["train"].num_examples or None
-    for image, label in tqdm(tfds.as_numpy(examples), total=total, desc="reading malaria"):
+    total = int(examples.cardinality())  # negative when unknown
+    for image, label in tqdm(
+        tfds.as_numpy(examples), total=total if total > 0 else None, desc="reading malaria"
+    ):
         decoded.append(image[:, :, 0] if image.shape[-1] == 1 else image)
         labels.append(int(label))
     fitted, _ = fit_all(decoded, image_size, channels)
     labels_array = np.array(labels, dtype=np.int64)
     train_x, train_y, test_x, test_y = split_train_test(fitted, labels_array, test_fraction, seed)
+    # TFDS refuses downloads that do not match these checksums, so they count as verified.
     records = [
         {"name": info.filename or url, "sha256": info.checksum, "verified": True}
         for url, info in (builder.url_infos or {}).items()
@@ -680,7 +683,12 @@ def run_get_data(
         mlflow.log_artifacts(str(dataset_dir), "dataset")
         mlflow.log_input(
             mlflow.data.from_numpy(
-                features=loaded.train_images, targets=loaded.train_labels, name=loaded.name
+                features=loaded.train_images,
+                targets=loaded.train_labels,
+                name=loaded.name,
+                # MLflow resolves paths and URLs as sources; a TFDS name it cannot, so that
+                # dataset is recorded with this run's code as its source instead.
+                source=None if loaded.source.startswith("tfds:") else loaded.source,
             ),
             context="train",
         )

@@ -79,5 +79,5 @@ def download_bytes(url: str, retries: int = 3, timeout_seconds: float = 30.0) ->
         except requests.RequestException as error:
             last_error = error
             if attempt < retries:
-                time.sleep(min(2**attempt, 10))
+                time.sleep(attempt)  # back off a little longer each time
     raise OSError(f"could not download {url} after {retries} attempts: {last_error}")

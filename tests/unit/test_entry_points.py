@@ -1,0 +1,53 @@
+"""MLproject is the parameter contract: every entry point's parameters match its script's CLI."""
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_DIR
+
+MLPROJECT = yaml.safe_load((REPO_DIR / "MLproject").read_text())
+ENTRY_POINTS = MLPROJECT["entry_points"]
+
+
+def load_script(command: str):
+    script = command.split()[1]
+    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), REPO_DIR / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parser_defaults(parser) -> dict:
+    return {action.dest: action for action in parser._actions if action.dest != "help"}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_mlproject_parameters_match_the_script(name):
+    entry = ENTRY_POINTS[name]
+    module = load_script(entry["command"])
+    actions = parser_defaults(module.build_parser())
+    parameters = entry.get("parameters", {})
+    assert set(parameters) == set(actions), f"{name}: MLproject and CLI differ"
+    for parameter, spec in parameters.items():
+        assert "{" + parameter + "}" in entry["command"]
+        action = actions[parameter]
+        if isinstance(spec, dict) and "default" in spec:
+            default = spec["default"]
+            converted = action.type(str(default)) if action.type else str(default)
+            assert converted == action.default, f"{name}.{parameter}: {default} vs {action.default}"
+        else:
+            assert action.required, f"{name}.{parameter} has no default in MLproject"
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_every_script_has_help(name):
+    script = ENTRY_POINTS[name]["command"].split()[1]
+    completed = subprocess.run(
+        [sys.executable, script, "--help"], cwd=REPO_DIR, capture_output=True, text=True
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "usage:" in completed.stdout
