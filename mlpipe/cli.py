@@ -1,11 +1,19 @@
 """Small helpers shared by the stage scripts' command lines."""
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable
 
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+ERROR_TAG = "mlpipe.error"
+
+
+class StageFailedError(RuntimeError):
+    """A stage of the `main` chain failed; the message names the stage and its error."""
 
 
 def str_to_bool(value: str) -> bool:
@@ -70,9 +78,19 @@ def run_or_exit(stage: Callable[..., object], **arguments: object) -> None:
     """
     try:
         stage(**arguments)
-    except (ValueError, MlflowException) as error:
+    except (ValueError, MlflowException, StageFailedError) as error:
         if os.environ.get("MLPIPE_DEBUG") == "1":
             raise
         message = error.message if isinstance(error, MlflowException) else str(error)
         print(f"error: {message}", file=sys.stderr)
+        record_error(message)
         sys.exit(1)
+
+
+def record_error(message: str) -> None:
+    """Tag the stage's run (under `mlflow run`) with its error, so `main` can report it."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        # The error is already printed; the tag is a convenience for `main`.
+        with contextlib.suppress(MlflowException):
+            MlflowClient().set_tag(run_id, ERROR_TAG, message[:5000])

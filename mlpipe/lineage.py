@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 
 INPUT_URI_TAG = "mlpipe.input_uri"
 STAGE_TAG = "mlpipe.stage"
+BEST_RUN_TAG = "mlpipe.best_run_id"
 
 
 def parse_runs_uri(uri: str) -> tuple[str, str]:

@@ -1,0 +1,280 @@
+"""The package stage: wrap a trained Keras model into the served pyfunc and register it.
+
+The normalization and the class names are found through lineage, not by path: the train
+run's `mlpipe.input_uri` tag names the preprocess run's `preprocessed/` artifact, and that
+run holds `normalization.json` and `preprocessed/meta.json`.
+"""
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
+
+from mlpipe import lineage, pyfunc_model, serving
+from mlpipe.preprocessing import NORMALIZATION_FILE, make_normalization
+
+PYFUNC_CODE_PATH = Path(pyfunc_model.__file__)
+MLPIPE_DIR = PYFUNC_CODE_PATH.parent
+REGISTERED_MODEL_TAG = "mlpipe.registered_model_uri"
+
+
+@dataclass
+class TrainedModel:
+    """A Keras model to package and what lineage tells about it."""
+
+    keras_model_uri: str
+    train_run_id: str
+    preprocessed_uri: str | None
+
+
+def parse_models_uri(model_uri: str) -> tuple[str, str | None, str | None]:
+    """Split `models:/<name>@<alias>` or `models:/<name>/<version>` into (name, alias, version).
+
+    Raises:
+        ValueError: If the URI has neither an alias nor a version.
+    """
+    rest = model_uri.removeprefix("models:/").strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, alias, None
+    if "/" in rest:
+        name, version = rest.rsplit("/", 1)
+        return name, None, version
+    raise ValueError(
+        f"expected models:/<name>@<alias> or models:/<name>/<version>, got {model_uri!r}"
+    )
+
+
+def resolve_trained_model(model_uri: str, client: MlflowClient) -> TrainedModel:
+    """Follow a model URI, a registered model or a sweep back to the train run's Keras model.
+
+    Args:
+        model_uri: `runs:/<train_run_id>/model`, `runs:/<sweep_parent_run_id>`,
+            `models:/<name>@<alias>` or `models:/<name>/<version>`.
+        client: Tracking client.
+
+    Returns:
+        The Keras model URI and its train run.
+
+    Raises:
+        ValueError: If the URI or the run it names is not something that can be packaged.
+    """
+    expected = (
+        "runs:/<train_run_id>/model, runs:/<train_batch_parent_run_id> or models:/<name>@<alias>"
+    )
+    try:
+        if model_uri.startswith("models:/"):
+            name, alias, version = parse_models_uri(model_uri)
+            model_version = (
+                client.get_model_version_by_alias(name, alias)
+                if alias
+                else client.get_model_version(name, version)
+            )
+            run = client.get_run(model_version.run_id)
+            if run.data.tags.get(lineage.STAGE_TAG) == "package":
+                # A packaged model: repackage the network it was built from.
+                return resolve_trained_model(run.data.tags[lineage.INPUT_URI_TAG], client)
+            return TrainedModel(
+                model_uri, run.info.run_id, run.data.tags.get(lineage.INPUT_URI_TAG)
+            )
+        run_id, artifact_path = lineage.parse_runs_uri(model_uri)
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        raise ValueError(
+            f"cannot find {model_uri!r} ({lineage.first_line(error)}); expected {expected}"
+        ) from error
+    stage = run.data.tags.get(lineage.STAGE_TAG)
+    if stage == "train_batch":
+        best_run_id = run.data.tags.get(lineage.BEST_RUN_TAG)
+        if not best_run_id:
+            raise ValueError(f"sweep run {run_id} has no finished trial to package")
+        return resolve_trained_model(lineage.artifact_uri(best_run_id, "model"), client)
+    if stage != "train":
+        raise ValueError(f"run {run_id} is a {stage or 'non-mlpipe'} run; expected {expected}")
+    return TrainedModel(
+        lineage.artifact_uri(run_id, artifact_path or "model"),
+        run_id,
+        run.data.tags.get(lineage.INPUT_URI_TAG),
+    )
+
+
+def _download_json(uri: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp)).read_text())
+
+
+def find_model_meta(trained: TrainedModel, mean: float | None, std: float | None) -> dict:
+    """Class names, input shape, dataset name and normalization of a trained model.
+
+    Explicit `mean` and `std` override the normalization that lineage finds.
+
+    Raises:
+        ValueError: If lineage is broken and no explicit normalization was given.
+    """
+    if (mean is None) != (std is None):
+        raise ValueError(f"give both mean and std or neither; got mean={mean}, std={std}")
+    if not trained.preprocessed_uri:
+        raise ValueError(
+            f"train run {trained.train_run_id} has no {lineage.INPUT_URI_TAG} tag, so its "
+            "preprocess run (normalization, class names) cannot be found; package a model "
+            "trained by this pipeline's train stage"
+        )
+    preprocess_run_id, _ = lineage.parse_runs_uri(trained.preprocessed_uri)
+    try:
+        meta = _download_json(f"{trained.preprocessed_uri.rstrip('/')}/meta.json")
+        normalization = _download_json(lineage.artifact_uri(preprocess_run_id, NORMALIZATION_FILE))
+    except (MlflowException, OSError) as error:
+        raise ValueError(
+            f"cannot read the normalization of preprocess run {preprocess_run_id} "
+            f"({lineage.first_line(error)})"
+        ) from error
+    channels = meta["image_shape"][-1]
+    if mean is not None:
+        normalization = make_normalization(mean, std, channels)
+    return {
+        "dataset": meta.get("dataset", "model"),
+        "class_names": meta["class_names"],
+        "image_shape": meta["image_shape"],
+        "normalization": normalization,
+        "preprocess_run_id": preprocess_run_id,
+    }
+
+
+def output_signature(class_names: list[str]) -> ModelSignature:
+    """The answer's schema; the input is left open because the model checks it itself.
+
+    An input schema would make MLflow coerce or refuse requests before `predict` sees
+    them, and this model takes several layouts (pixel tables, tensors, base64 images).
+    """
+    columns = [
+        ColSpec("long", "class_id"),
+        ColSpec("string", "class_name"),
+        ColSpec("double", "probability"),
+    ] + [ColSpec("double", column) for column in serving.probability_columns(class_names)]
+    return ModelSignature(outputs=Schema(columns))
+
+
+def input_example(meta: dict, sample: np.ndarray | None) -> pd.DataFrame | np.ndarray:
+    """One image in the workshop's layout (H x W table) for grayscale, a tensor otherwise."""
+    height, width, channels = meta["image_shape"]
+    image = sample if sample is not None else np.zeros((height, width, channels), np.uint8)
+    if channels == 1:
+        return pd.DataFrame(image[:, :, 0].astype(np.int64))
+    return image[np.newaxis].astype(np.int64)
+
+
+def sample_test_image(preprocessed_uri: str | None, client: MlflowClient) -> np.ndarray | None:
+    """A raw test image of the dataset the model was trained on, found through lineage."""
+    if not preprocessed_uri:
+        return None
+    preprocess_run = client.get_run(lineage.parse_runs_uri(preprocessed_uri)[0])
+    dataset_uri = preprocess_run.data.tags.get(lineage.INPUT_URI_TAG)
+    if not dataset_uri:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(f"{dataset_uri}/test.npz", dst_path=tmp)
+        except (MlflowException, OSError):
+            return None
+        with np.load(path) as test_split:
+            return test_split["images"][0]
+
+
+def save_model_files(meta: dict, keras_model_uri: str, artifacts_dir: Path) -> dict[str, str]:
+    """Write the network and meta.json that the pyfunc loads; return the artifacts mapping."""
+    import mlflow.keras
+
+    network = mlflow.keras.load_model(keras_model_uri)
+    network_path = artifacts_dir / "network.keras"
+    network.save(network_path)
+    meta_path = artifacts_dir / "meta.json"
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return {"network": str(network_path), "meta": str(meta_path)}
+
+
+def save_to_folder(output_dir: str, **model_arguments: object) -> None:
+    """Also save the pyfunc to a local folder, replacing an earlier saved model there.
+
+    Raises:
+        ValueError: If the folder exists and is not a saved MLflow model.
+    """
+    target = Path(output_dir)
+    if target.exists():
+        if not (target / "MLmodel").is_file():
+            raise ValueError(
+                f"output_dir {output_dir} exists and is not a saved MLflow model; "
+                "choose a new or empty folder"
+            )
+        shutil.rmtree(target)
+    mlflow.pyfunc.save_model(path=str(target), **model_arguments)
+
+
+def run_package(
+    model: str,
+    registered_model_name: str = "",
+    alias: str = "champion",
+    mean: float | None = None,
+    std: float | None = None,
+    output_dir: str = "",
+) -> str:
+    """The package stage: log the served pyfunc, register it and point an alias at it.
+
+    Args:
+        model: What to package (see `resolve_trained_model`).
+        registered_model_name: Registry name; "" derives it from the dataset.
+        alias: Alias set on the new version.
+        mean: Explicit normalization mean (0-255 scale), overriding lineage; with `std`.
+        std: Explicit normalization std.
+        output_dir: Also save the pyfunc to this local folder ("" to skip).
+
+    Returns:
+        The `models:/<name>@<alias>` URI.
+    """
+    client = MlflowClient()
+    trained = resolve_trained_model(model, client)
+    meta = find_model_meta(trained, mean, std)
+    name = registered_model_name or f"{meta['dataset']}_classifier"
+    sample = sample_test_image(trained.preprocessed_uri, client)
+    with (
+        lineage.start_stage_run("package", input_uri=trained.keras_model_uri),
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        mlflow.set_tags(
+            {
+                "mlpipe.train_run_id": trained.train_run_id,
+                REGISTERED_MODEL_TAG: f"models:/{name}@{alias}",
+            }
+        )
+        model_arguments = {
+            "python_model": str(PYFUNC_CODE_PATH),
+            "artifacts": save_model_files(meta, trained.keras_model_uri, Path(tmp)),
+            "code_paths": [str(MLPIPE_DIR)],
+            "signature": output_signature(meta["class_names"]),
+            "input_example": input_example(meta, sample),
+        }
+        model_info = mlflow.pyfunc.log_model(
+            name="model", registered_model_name=name, **model_arguments
+        )
+        version = model_info.registered_model_version
+        client.set_registered_model_alias(name, alias, version)
+        if output_dir:
+            save_to_folder(output_dir, **model_arguments)
+    registered_uri = f"models:/{name}@{alias}"
+    print(f"\nregistered {name} version {version}; {registered_uri} points at it")
+    if output_dir:
+        print(f"also saved to {output_dir}")
+    print(f"serve: mlflow models serve -m {registered_uri} -p 5000 --env-manager local")
+    print(
+        "query: python png_to_pandas.py drawing.png && "
+        + serving.curl_command("example.json", port=5000)
+    )
+    return registered_uri
