@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint format clean
+.PHONY: help install demo data serve predict docker-build docker-run test test-fast lint format bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,6 +20,33 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install the project with its dev extras
 
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+MODEL ?= models:/fashion_mnist_classifier@champion
+PORT ?= 5000
+
+data: ## make sure Fashion-MNIST is on disk (Debian's dataset-fashion-mnist, when apt may)
+	@if [ ! -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null \
+	    && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist \
+	    || echo "apt could not install dataset-fashion-mnist; get_data will download instead"; \
+	fi
+
+demo: install data ## set up and run the whole pipeline on Fashion-MNIST
+	$(BIN)/mlflow run . --env-manager local
+	@echo
+	@echo "Browse the runs:  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@echo "Serve the model:  make serve        (in another terminal)"
+	@echo "Ask it:           make predict IMAGE=path/to/drawing.png"
+
+serve: install ## serve the registered model (MODEL=..., PORT=...)
+	$(BIN)/mlflow models serve -m $(MODEL) -p $(PORT) --env-manager local
+
+predict: install ## send IMAGE=drawing.png to the served model
+	@test -n "$(IMAGE)" || { echo "usage: make predict IMAGE=drawing.png"; exit 2; }
+	$(BIN)/python png_to_pandas.py $(IMAGE) --output example.json --port $(PORT)
+	curl -s -X POST -H "Content-Type: application/json" --data @example.json \
+	    http://127.0.0.1:$(PORT)/invocations; echo
+
 test: install ## run the whole test suite (unit, integration, slow)
 	$(BIN)/python -m pytest -v -ra
 
@@ -33,6 +60,25 @@ lint: install ## check style with ruff
 format: install ## reformat with ruff
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+IMAGE_TAG ?= mlpipe-gpu:latest
+STAGE ?= train
+ARGS ?=
+# The project folder is mounted at the same path inside the container, so the default
+# sqlite store and its absolute artifact paths work on both sides; a tracking server on the
+# host is reached through the host network.
+DOCKER_RUN := docker run --rm --gpus all --network host --user "$$(id -u):$$(id -g)" \
+	-v "$(CURDIR):$(CURDIR)" -w "$(CURDIR)" -e HOME=/tmp \
+	-e MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"
+
+docker-build: ## build the GPU training image (needs a Docker engine)
+	docker build -t $(IMAGE_TAG) .
+
+docker-run: ## run a stage on the GPU in Docker: make docker-run STAGE=train ARGS="-P data=runs:/..."
+	$(DOCKER_RUN) $(IMAGE_TAG) mlflow run . -e $(STAGE) $(ARGS) --env-manager local
+
+bench: install ## run the benchmarks; tables on screen, JSON in bench/results/
+	$(BIN)/python bench/serving.py
 
 clean: ## remove the local tracking store and caches (keeps .venv)
 	rm -rf mlruns mlartifacts mlflow.db .pytest_cache .ruff_cache

@@ -106,9 +106,10 @@ def mlflow_run(tracking: dict, entry_point: str, check: bool = True, **parameter
     output = completed.stdout + completed.stderr
     if check and completed.returncode != 0:
         raise AssertionError(f"mlflow run -e {entry_point} failed:\n{output[-6000:]}")
-    match = re.search(r"Run \(ID '([0-9a-f]+)'\)", output)
+    # The last run ID printed is this command's own; nested stages print theirs before it.
+    run_ids = re.findall(r"Run \(ID '([0-9a-f]+)'\)", output)
     return {
-        "run_id": match.group(1) if match else None,
+        "run_id": run_ids[-1] if run_ids else None,
         "output": output,
         "returncode": completed.returncode,
     }
