@@ -23,9 +23,11 @@ def stage_run_ids(client, main_run_id: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def first_main(tracking, idx_mirror_dir):
+    # force: other tests in this store may already have run these data stages.
     return mlflow_run(
         tracking,
         "main",
+        force="true",
         dataset="mnist",
         source=idx_mirror_dir,
         verify="false",
