@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--percentage", type=float, default=100.0, help="share of the data preprocess keeps"
     )
-    parser.add_argument("--epochs", type=int, default=5, help="training epochs")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs")
     parser.add_argument(
         "--sweep",
         default="",

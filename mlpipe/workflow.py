@@ -153,7 +153,7 @@ def run_main(
     source: str = "",
     verify: bool = True,
     percentage: float = 100.0,
-    epochs: int = 5,
+    epochs: int = 10,
     sweep: str = "",
     registered_model_name: str = "",
     force: bool = False,
