@@ -150,16 +150,13 @@ def format_predictions(probabilities: np.ndarray, class_names: Sequence[str]) ->
             f"for {len(class_names)} class names"
         )
     class_ids = probabilities.argmax(axis=1)
-    table = pd.DataFrame(
-        {
-            "class_id": class_ids.astype(np.int64),
-            "class_name": [str(class_names[class_id]) for class_id in class_ids],
-            "probability": probabilities[np.arange(len(probabilities)), class_ids],
-        }
-    )
-    columns = probability_columns(class_names)
-    probability_table = pd.DataFrame(probabilities, columns=columns)
-    return pd.concat([table, probability_table], axis=1)
+    columns = {
+        "class_id": class_ids.astype(np.int64),
+        "class_name": [str(class_names[class_id]) for class_id in class_ids],
+        "probability": probabilities[np.arange(len(probabilities)), class_ids],
+    }
+    columns.update(zip(probability_columns(class_names), probabilities.T, strict=True))
+    return pd.DataFrame(columns)
 
 
 def probability_columns(class_names: Sequence[str]) -> list[str]:
@@ -366,6 +363,8 @@ def _pixel_table(table: pd.DataFrame, image_shape: tuple[int, int, int]) -> np.n
                     f"column {column!r} row {row} holds {_shorten(value)}, not a number; "
                     "expected pixel values from 0 to 255"
                 )
+    if positions == list(range(len(positions))):
+        return table.to_numpy(dtype=np.float64)
     order = np.argsort(positions)
     return table.iloc[:, order].to_numpy(dtype=np.float64)
 

@@ -1,0 +1,265 @@
+"""Training overhead, pipeline time and accuracy on full Fashion-MNIST.
+
+1. Overhead: the `train` stage (`mlpipe.training.run_train`: tf.data pipeline, per-epoch
+   MLflow logging, test evaluation, plots, model logging) against a bare Keras script that
+   fits the same network with the same optimizer on the same in-memory arrays and
+   evaluates it, with no MLflow. Both run in this process, interleaved (A B, B A, ...),
+   and the median ratio of wall times is reported. Target: at most 1.05.
+2. With --pipeline: `mlflow run . -e main` on full Fashion-MNIST with the demo settings in a
+   fresh tracking store (the end-to-end time), then the same command again (every stage
+   reused), and the default network's test accuracy. Target: at least 92.5 %.
+3. With --sweep "name=values;...": `main` with that sweep (the README's), and the best
+   trial's test accuracy. Target: at least 93.5 %.
+
+Reads: /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist).
+Writes: bench/results/training.json (or --output) and a markdown table on stdout.
+
+Usage:
+    .venv/bin/python bench/training.py                    # overhead only, ~10 minutes
+    .venv/bin/python bench/training.py --pipeline         # + main end to end and accuracy
+    .venv/bin/python bench/training.py --quick            # smoke run on 10 % of the data
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mlpipe import datasets, models, preprocessing, stats, training  # noqa: E402
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+DEFAULT_OUTPUT_PATH = REPO_DIR / "bench" / "results" / "training.json"
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+TARGET_OVERHEAD = 1.05
+TARGET_DEFAULT_ACCURACY = 0.925
+TARGET_SWEEP_ACCURACY = 0.935
+DEMO_EPOCHS = 10
+
+
+def build_preprocessed(work_dir: Path, percentage: float) -> Path:
+    """Write a `preprocessed/` folder of Fashion-MNIST as the preprocess stage would."""
+    dataset = datasets.load_idx_dataset("fashion_mnist", source=FASHION_MNIST_DIR)
+    normalization = preprocessing.normalization_from_stats(
+        {"train_pixels": stats.pixel_stats(dataset.train_images)}, 1
+    )
+    split_arrays = preprocessing.make_splits(dataset, 0.1, percentage, seed=42)
+    preprocessed_dir = work_dir / "preprocessed"
+    preprocessing.save_preprocessed(split_arrays, normalization, dataset, preprocessed_dir)
+    return preprocessed_dir
+
+
+def time_stage(preprocessed_dir: Path, epochs: int) -> float:
+    """Wall time of the train stage, everything it logs included."""
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        training.run_train(str(preprocessed_dir), epochs=epochs, early_stopping_patience=0)
+    return time.perf_counter() - started
+
+
+def time_bare_keras(preprocessed_dir: Path, epochs: int) -> float:
+    """Wall time of the plain Keras script: same network and optimizer, arrays in memory."""
+    split_arrays, meta = preprocessing.load_preprocessed(preprocessed_dir)
+    (x_train, y_train), validation, (x_test, y_test) = (
+        split_arrays["train"],
+        split_arrays["validation"],
+        split_arrays["test"],
+    )
+    started = time.perf_counter()
+    keras.utils.set_random_seed(42)
+    network = models.build_network(
+        tuple(meta["image_shape"]), len(meta["class_names"]), meta["normalization"], 3, 32,
+        256, 0.4, "none",
+    )  # fmt: skip
+    steps = epochs * int(np.ceil(len(y_train) / 64))
+    network.compile(
+        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(0.001, steps)),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    network.fit(
+        x_train, y_train, batch_size=64, epochs=epochs, validation_data=validation, verbose=0
+    )
+    network.evaluate(x_test, y_test, verbose=0)
+    return time.perf_counter() - started
+
+
+def measure_overhead(preprocessed_dir: Path, epochs: int, repeats: int) -> dict:
+    """Interleave stage and bare runs; report medians, images/s and the median ratio."""
+    train_count = len(np.load(preprocessed_dir / "train_labels.npy"))
+    stage_seconds, bare_seconds = [], []
+    for repeat in range(repeats):
+        order = ("stage", "bare") if repeat % 2 == 0 else ("bare", "stage")
+        for side in order:
+            if side == "stage":
+                stage_seconds.append(time_stage(preprocessed_dir, epochs))
+            else:
+                bare_seconds.append(time_bare_keras(preprocessed_dir, epochs))
+            print(f"  repeat {repeat + 1}/{repeats} {side}: done", file=sys.stderr, flush=True)
+    ratios = [stage / bare for stage, bare in zip(stage_seconds, bare_seconds, strict=True)]
+    return {
+        "epochs": epochs,
+        "train_images": train_count,
+        "stage_seconds": stage_seconds,
+        "bare_seconds": bare_seconds,
+        "stage_images_per_second": train_count * epochs / statistics.median(stage_seconds),
+        "bare_images_per_second": train_count * epochs / statistics.median(bare_seconds),
+        "ratio_median": statistics.median(ratios),
+        "target": TARGET_OVERHEAD,
+    }
+
+
+def run_main(tracking_uri: str, parameters: dict[str, object]) -> tuple[float, str]:
+    """Run `mlflow run . -e main` with parameters; return wall time and the main run ID."""
+    command = [sys.executable, "-m", "mlflow", "run", str(REPO_DIR), "--env-manager", "local"]
+    for name, value in parameters.items():
+        command += ["-P", f"{name}={value}"]
+    environment = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    started = time.perf_counter()
+    completed = subprocess.run(
+        command, cwd=REPO_DIR, env=environment, capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"main failed:\n{(completed.stdout + completed.stderr)[-4000:]}")
+    run_id = re.findall(r"Run \(ID '([0-9a-f]+)'\)", completed.stdout + completed.stderr)[-1]
+    return seconds, run_id
+
+
+def trained_accuracy(client: mlflow.MlflowClient, main_run_id: str) -> float:
+    """Test accuracy of the model main packaged: the train run's, or the sweep's best."""
+    tags = client.get_run(main_run_id).data.tags
+    train_run_id = tags.get("mlpipe.run.train")
+    if "mlpipe.run.train_batch" in tags:
+        sweep_tags = client.get_run(tags["mlpipe.run.train_batch"]).data.tags
+        train_run_id = sweep_tags["mlpipe.best_run_id"]
+    return client.get_run(train_run_id).data.metrics["test_accuracy"]
+
+
+def measure_pipeline(work_dir: Path, epochs: int, sweep: str) -> dict:
+    """End-to-end `main` on full Fashion-MNIST, again with reuse, and the accuracies."""
+    tracking_uri = f"sqlite:///{work_dir / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri)
+    parameters = {"epochs": epochs, "registered_model_name": "bench_demo"}
+    first_seconds, first_run = run_main(tracking_uri, parameters)
+    second_seconds, _ = run_main(tracking_uri, parameters)
+    result = {
+        "epochs": epochs,
+        "main_seconds": first_seconds,
+        "main_again_seconds": second_seconds,
+        "default_test_accuracy": trained_accuracy(client, first_run),
+        "default_target": TARGET_DEFAULT_ACCURACY,
+    }
+    if sweep:
+        sweep_seconds, sweep_run = run_main(tracking_uri, {**parameters, "sweep": sweep})
+        result.update(
+            sweep=sweep,
+            sweep_seconds=sweep_seconds,
+            sweep_best_test_accuracy=trained_accuracy(client, sweep_run),
+            sweep_target=TARGET_SWEEP_ACCURACY,
+        )
+    return result
+
+
+def markdown_table(results: dict) -> str:
+    """The results as a markdown table for the README."""
+    overhead = results["overhead"]
+    met = "met" if overhead["ratio_median"] <= TARGET_OVERHEAD else "MISSED"
+    rows = [
+        "| measure | value | target |",
+        "|---|---|---|",
+        f"| train stage, images/s ({overhead['epochs']} epochs, {overhead['train_images']} "
+        f"images) | {overhead['stage_images_per_second']:.0f} | |",
+        f"| bare Keras script, images/s | {overhead['bare_images_per_second']:.0f} | |",
+        f"| wall-time ratio stage / bare (median) | {overhead['ratio_median']:.3f} | "
+        f"<= {TARGET_OVERHEAD} ({met}) |",
+    ]
+    pipeline = results.get("pipeline")
+    if pipeline:
+        accuracy = pipeline["default_test_accuracy"]
+        rows += [
+            f"| `main` end to end, full Fashion-MNIST, {pipeline['epochs']} epochs | "
+            f"{pipeline['main_seconds']:.0f} s | |",
+            f"| `main` again (every stage reused) | {pipeline['main_again_seconds']:.0f} s | |",
+            f"| default network test accuracy | {accuracy:.4f} | >= {TARGET_DEFAULT_ACCURACY} "
+            f"({'met' if accuracy >= TARGET_DEFAULT_ACCURACY else 'MISSED'}) |",
+        ]
+        if "sweep_best_test_accuracy" in pipeline:
+            best = pipeline["sweep_best_test_accuracy"]
+            verdict = "met" if best >= TARGET_SWEEP_ACCURACY else "MISSED"
+            rows.append(
+                f"| sweep `{pipeline['sweep']}` best test accuracy | {best:.4f} | "
+                f">= {TARGET_SWEEP_ACCURACY} ({verdict}) |"
+            )
+    return "\n".join(rows)
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per overhead run")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved overhead pairs")
+    parser.add_argument(
+        "--pipeline", action="store_true", help="also time `main` end to end and its accuracy"
+    )
+    parser.add_argument(
+        "--demo_epochs", type=int, default=DEMO_EPOCHS, help="epochs of the demo settings"
+    )
+    parser.add_argument("--sweep", default="", help="with --pipeline: also run this sweep")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 10 %% of the data, 1 epoch, 1 pair"
+    )
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT_PATH, help="JSON file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark, print the table, write the JSON."""
+    arguments = parse_arguments(argv)
+    percentage = 10.0 if arguments.quick else 100.0
+    epochs, repeats = (1, 1) if arguments.quick else (arguments.epochs, arguments.repeats)
+    with tempfile.TemporaryDirectory(prefix="bench_training_") as tmp:
+        work_dir = Path(tmp)
+        mlflow.set_tracking_uri(f"sqlite:///{work_dir / 'overhead.db'}")
+        preprocessed_dir = build_preprocessed(work_dir, percentage)
+        results = {
+            "machine": {
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "mlflow": mlflow.__version__,
+                "keras": keras.__version__,
+            },
+            "overhead": measure_overhead(preprocessed_dir, epochs, repeats),
+        }
+        if arguments.pipeline:
+            results["pipeline"] = measure_pipeline(work_dir, arguments.demo_epochs, arguments.sweep)
+    table = markdown_table(results)
+    results["table"] = table
+    arguments.output.parent.mkdir(parents=True, exist_ok=True)
+    arguments.output.write_text(json.dumps(results, indent=2))
+    print(table)
+    print(f"\nwritten to {arguments.output}")
+
+
+if __name__ == "__main__":
+    main()
