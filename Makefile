@@ -79,6 +79,7 @@ docker-run: ## run a stage on the GPU in Docker: make docker-run STAGE=train ARG
 
 bench: install ## run the benchmarks; tables on screen, JSON in bench/results/
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/training.py --pipeline
 
 clean: ## remove the local tracking store and caches (keeps .venv)
 	rm -rf mlruns mlartifacts mlflow.db .pytest_cache .ruff_cache
