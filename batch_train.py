@@ -25,12 +25,9 @@ the same command after a kill (or with a larger n_trials) skips finished trials.
 """
 
 import argparse
-import contextlib
 import os
-import sys
-from collections.abc import Iterator
 
-from mlpipe.cli import run_or_exit
+from mlpipe.cli import native_stderr_silenced, run_or_exit
 
 # TensorFlow reads its C++ log level when it loads: 3 keeps info, warnings and the CUDA
 # probe's error on machines without a GPU off the console (0 shows everything).
@@ -52,25 +49,6 @@ TRAIN_PARAMETERS = {
     "weights": "VGG16 only: imagenet, none or a weights file",
     "fine_tune_epochs": "VGG16 only: epochs that also train its top block",
 }
-
-
-@contextlib.contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """Point file descriptor 2 at /dev/null, for the lines TensorFlow's C++ prints on load.
-
-    A few of them (CUDA and oneDNN notices) come before TF_CPP_MIN_LOG_LEVEL applies.
-    Python exceptions still show: they are printed after the descriptor is restored.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,35 +17,13 @@ builds VGG16 transfer learning (frozen base, optional fine-tuning of its top blo
 """
 
 import argparse
-import contextlib
 import os
-import sys
-from collections.abc import Iterator
 
-from mlpipe.cli import run_or_exit, str_to_bool
+from mlpipe.cli import native_stderr_silenced, run_or_exit, str_to_bool
 
 # TensorFlow reads its C++ log level when it loads: 3 keeps info, warnings and the CUDA
 # probe's error on machines without a GPU off the console (0 shows everything).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
-@contextlib.contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """Point file descriptor 2 at /dev/null, for the lines TensorFlow's C++ prints on load.
-
-    A few of them (CUDA and oneDNN notices) come before TF_CPP_MIN_LOG_LEVEL applies.
-    Python exceptions still show: they are printed after the descriptor is restored.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
 
 
 def build_parser() -> argparse.ArgumentParser:

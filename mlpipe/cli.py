@@ -4,7 +4,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -94,3 +94,22 @@ def record_error(message: str) -> None:
         # The error is already printed; the tag is a convenience for `main`.
         with contextlib.suppress(MlflowException):
             MlflowClient().set_tag(run_id, ERROR_TAG, message[:5000])
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null, for the lines TensorFlow's C++ prints on load.
+
+    A few of them (CUDA and oneDNN notices) come before TF_CPP_MIN_LOG_LEVEL applies.
+    Python exceptions still show: they are printed after the descriptor is restored.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)

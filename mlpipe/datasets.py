@@ -8,6 +8,7 @@ SHA-256 matched the official one. `run_get_data` at the bottom is the MLflow edg
 import gzip
 import json
 import os
+import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -649,10 +650,14 @@ def read_dataset(dataset_dir: Path) -> Dataset:
 
 def load_dataset_uri(data_uri: str) -> Dataset:
     """Resolve a `dataset/` URI (or local folder) and read it."""
-    dataset_dir = lineage.resolve_artifact_dir(
-        data_uri, META_FILE, "runs:/<get_data_run_id>/dataset from a get_data run"
-    )
-    return read_dataset(dataset_dir)
+    with tempfile.TemporaryDirectory(prefix="mlpipe_dataset_") as download_dir:
+        dataset_dir = lineage.resolve_artifact_dir(
+            data_uri,
+            META_FILE,
+            "runs:/<get_data_run_id>/dataset from a get_data run",
+            dst_path=download_dir,
+        )
+        return read_dataset(dataset_dir)
 
 
 def run_get_data(
@@ -672,8 +677,6 @@ def run_get_data(
     Returns:
         The `runs:/<run_id>/dataset` URI.
     """
-    import tempfile
-
     loaded = load_dataset(
         dataset, source, verify, image_size, channels, test_fraction, seed, data_dir
     )

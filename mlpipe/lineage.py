@@ -36,7 +36,9 @@ def parse_runs_uri(uri: str) -> tuple[str, str]:
     return run_id, artifact_path
 
 
-def resolve_artifact_dir(uri: str, required_file: str, produced_by: str) -> Path:
+def resolve_artifact_dir(
+    uri: str, required_file: str, produced_by: str, dst_path: str | None = None
+) -> Path:
     """Make the artifact folder behind a URI available locally and check what it holds.
 
     Args:
@@ -44,6 +46,8 @@ def resolve_artifact_dir(uri: str, required_file: str, produced_by: str) -> Path
         required_file: A file that must exist in the folder (e.g. "meta.json").
         produced_by: What would be right, for the error message
             (e.g. "runs:/<get_data_run_id>/dataset from a get_data run").
+        dst_path: Where to download to (MLflow's default: a new temporary folder that
+            nobody removes; pass a `tempfile.TemporaryDirectory` for large artifacts).
 
     Returns:
         The local folder.
@@ -59,7 +63,9 @@ def resolve_artifact_dir(uri: str, required_file: str, produced_by: str) -> Path
         raise ValueError(f"{uri!r} is neither an existing folder nor a URI; expected {produced_by}")
     else:
         try:
-            local_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+            local_dir = Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst_path)
+            )
         except (MlflowException, OSError) as error:
             raise ValueError(
                 f"could not fetch {uri!r} ({first_line(error)}); expected {produced_by}"

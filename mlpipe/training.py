@@ -8,6 +8,7 @@ import contextlib
 import math
 import os
 import sys
+import tempfile
 import time
 
 import matplotlib
@@ -538,10 +539,14 @@ def load_splits(data: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], di
     Raises:
         ValueError: If the URI does not hold a preprocessed artifact.
     """
-    preprocessed_dir = lineage.resolve_artifact_dir(data, REQUIRED_FILE, PRODUCED_BY)
-    if not (preprocessed_dir / "meta.json").is_file():
-        raise ValueError(f"{data!r} has no meta.json; expected {PRODUCED_BY}")
-    return preprocessing.load_preprocessed(preprocessed_dir)
+    # The arrays are read into memory, so the downloaded copy can go right away.
+    with tempfile.TemporaryDirectory(prefix="mlpipe_preprocessed_") as download_dir:
+        preprocessed_dir = lineage.resolve_artifact_dir(
+            data, REQUIRED_FILE, PRODUCED_BY, dst_path=download_dir
+        )
+        if not (preprocessed_dir / "meta.json").is_file():
+            raise ValueError(f"{data!r} has no meta.json; expected {PRODUCED_BY}")
+        return preprocessing.load_preprocessed(preprocessed_dir)
 
 
 def run_train(

@@ -89,6 +89,7 @@ def test_a_failing_stage_stops_the_chain_and_a_rerun_resumes(tracking, idx_mirro
 
 
 def test_main_with_a_sweep_packages_the_best_trial(tracking, idx_mirror_dir, first_main):
+    study_storage = f"sqlite:///{tracking['root'] / 'optuna.db'}"
     result = mlflow_run(
         tracking,
         "main",
@@ -96,7 +97,7 @@ def test_main_with_a_sweep_packages_the_best_trial(tracking, idx_mirror_dir, fir
         source=idx_mirror_dir,
         verify="false",
         epochs=1,
-        sweep="conv_filters=4,8",
+        sweep=f"conv_filters=4,8;study_storage={study_storage}",
         registered_model_name="swept_digits",
     )
     assert "[get_data] reusing finished run" in result["output"]
