@@ -37,13 +37,21 @@ def test_image_runs_as_a_non_root_user_and_bakes_in_no_secrets():
 
 def test_docker_run_command_uses_the_gpu_and_the_hosts_tracking():
     completed = subprocess.run(
-        ["make", "-n", "docker-run", "STAGE=train", "ARGS=-P data=runs:/abc/preprocessed"],
+        [
+            "make",
+            "-n",
+            "--no-print-directory",
+            "docker-run",
+            "STAGE=train",
+            "ARGS=-P data=runs:/abc/preprocessed",
+        ],
         cwd=REPO_DIR,
         capture_output=True,
         text=True,
         check=True,
     )
-    command = completed.stdout.strip().splitlines()[-1]
+    # Under `make test` the outer make's flags reach this make; keep only the command.
+    command = next(line for line in completed.stdout.splitlines() if line.startswith("docker"))
     assert command.startswith("docker run --rm --gpus all --network host")
     assert f'-v "{REPO_DIR}:{REPO_DIR}" -w "{REPO_DIR}"' in command
     assert 'MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"' in command
