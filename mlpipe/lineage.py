@@ -5,8 +5,10 @@ Stages never read another run's files from disk directly; they hand each other
 against the local sqlite store and a shared tracking server.
 """
 
+import json
 import os
 import shlex
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -73,6 +75,19 @@ def resolve_artifact_dir(
     if not (local_dir / required_file).is_file():
         raise ValueError(f"{uri!r} does not hold {required_file}; expected {produced_by}")
     return local_dir
+
+
+def read_json_artifact(uri: str) -> dict:
+    """Download one JSON artifact (or read a local file) into a dict; nothing is left on disk.
+
+    Raises:
+        MlflowException, OSError: If the artifact cannot be fetched; ValueError if not JSON.
+    """
+    if Path(uri).is_file():
+        return json.loads(Path(uri).read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+        return json.loads(Path(path).read_text())
 
 
 def first_line(error: BaseException) -> str:

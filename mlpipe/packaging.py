@@ -107,11 +107,6 @@ def resolve_trained_model(model_uri: str, client: MlflowClient) -> TrainedModel:
     )
 
 
-def _download_json(uri: str) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        return json.loads(Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp)).read_text())
-
-
 def find_model_meta(trained: TrainedModel, mean: float | None, std: float | None) -> dict:
     """Class names, input shape, dataset name and normalization of a trained model.
 
@@ -130,8 +125,10 @@ def find_model_meta(trained: TrainedModel, mean: float | None, std: float | None
         )
     preprocess_run_id, _ = lineage.parse_runs_uri(trained.preprocessed_uri)
     try:
-        meta = _download_json(f"{trained.preprocessed_uri.rstrip('/')}/meta.json")
-        normalization = _download_json(lineage.artifact_uri(preprocess_run_id, NORMALIZATION_FILE))
+        meta = lineage.read_json_artifact(f"{trained.preprocessed_uri.rstrip('/')}/meta.json")
+        normalization = lineage.read_json_artifact(
+            lineage.artifact_uri(preprocess_run_id, NORMALIZATION_FILE)
+        )
     except (MlflowException, OSError) as error:
         raise ValueError(
             f"cannot read the normalization of preprocess run {preprocess_run_id} "

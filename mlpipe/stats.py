@@ -3,10 +3,6 @@
 `compute_stats` is pure; `run_explore` is the MLflow edge of the explore_data stage.
 """
 
-import json
-import tempfile
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers; must precede pyplot
@@ -157,14 +153,10 @@ def run_explore(data: str) -> dict:
 
 def read_stats(stats_uri: str) -> dict:
     """Read a stats.json artifact by URI (or local path)."""
-    if Path(stats_uri).is_file():
-        return json.loads(Path(stats_uri).read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(artifact_uri=stats_uri, dst_path=tmp)
-            return json.loads(Path(path).read_text())
-        except Exception as error:
-            raise ValueError(
-                f"could not read stats from {stats_uri!r} ({lineage.first_line(error)}); "
-                "expected runs:/<explore_data_run_id>/stats.json"
-            ) from error
+    try:
+        return lineage.read_json_artifact(stats_uri)
+    except Exception as error:
+        raise ValueError(
+            f"could not read stats from {stats_uri!r} ({lineage.first_line(error)}); "
+            "expected runs:/<explore_data_run_id>/stats.json"
+        ) from error
