@@ -165,7 +165,7 @@ def run_main(
         source: Local folder or mirror URL for get_data ("" searches the usual places).
         verify: get_data refuses IDX files that do not match the official checksums.
         percentage: Share of the data preprocess keeps.
-        epochs: Training epochs (for every trial of a sweep).
+        epochs: Training epochs (for every trial of a sweep, unless the sweep sets them).
         sweep: "" trains once; "name=values;..." runs train_batch over those values.
         registered_model_name: Registry name for package ("" derives it from the dataset).
         force: Rerun every stage even when an identical finished run exists.
@@ -191,8 +191,9 @@ def run_main(
         preprocess_id = stage("preprocess", data=data_uri, stats=stats_uri, percentage=percentage)
         preprocessed_uri = lineage.artifact_uri(preprocess_id, "preprocessed")
         if sweep_parameters:
+            # The sweep's own values win, so a sweep may vary epochs too.
             sweep_id = stage(
-                "train_batch", data=preprocessed_uri, epochs=epochs, **sweep_parameters
+                "train_batch", data=preprocessed_uri, **{"epochs": epochs, **sweep_parameters}
             )
             model_uri = lineage.artifact_uri(sweep_id, "")
         else:

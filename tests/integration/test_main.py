@@ -96,8 +96,8 @@ def test_main_with_a_sweep_packages_the_best_trial(tracking, idx_mirror_dir, fir
         dataset="mnist",
         source=idx_mirror_dir,
         verify="false",
-        epochs=1,
-        sweep=f"conv_filters=4,8;study_storage={study_storage}",
+        epochs=3,  # the sweep's own epochs=1 wins
+        sweep=f"conv_filters=4,8;epochs=1;study_storage={study_storage}",
         registered_model_name="swept_digits",
     )
     assert "[get_data] reusing finished run" in result["output"]
@@ -108,3 +108,4 @@ def test_main_with_a_sweep_packages_the_best_trial(tracking, idx_mirror_dir, fir
     sweep_run_id = client.get_run(result["run_id"]).data.tags["mlpipe.run.train_batch"]
     best_run_id = client.get_run(sweep_run_id).data.tags["mlpipe.best_run_id"]
     assert package_run.data.tags["mlpipe.train_run_id"] == best_run_id
+    assert client.get_run(best_run_id).data.params["epochs"] == "1"
