@@ -90,7 +90,7 @@ PREDICT_PYFUNC_CODE = '''"""The product's pyfunc, calling Model.predict as the w
 import mlflow
 import numpy as np
 
-from mlpipe.preprocessing import normalize
+from mlpipe.images import normalize
 from mlpipe.pyfunc_model import ImageClassifier
 
 
@@ -809,7 +809,7 @@ def run_benchmark(arguments: argparse.Namespace, work_dir: Path) -> dict:
     import keras
     import mlflow
 
-    from mlpipe.preprocessing import normalize
+    from mlpipe.images import normalize
 
     settings = Settings(
         rounds=arguments.rounds,

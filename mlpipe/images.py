@@ -1,7 +1,9 @@
-"""Decoding and fitting images: the one function that training data and served requests share.
+"""Decoding, fitting and normalizing images: what training data and served requests share.
 
 `fit_image` is used when a folder of images becomes a dataset and again when the served
-model receives a PNG, so the two can never drift apart.
+model receives a PNG, and `normalize` when preprocess writes the training data and again
+inside the served model, so the two sides can never drift apart. This module imports only
+NumPy and OpenCV, so the served model starts without the pipeline's heavier imports.
 """
 
 import cv2
@@ -105,3 +107,10 @@ def has_light_background(image: np.ndarray) -> bool:
         [image[0].ravel(), image[-1].ravel(), image[:, 0].ravel(), image[:, -1].ravel()]
     )
     return float(border.mean()) > 127.5
+
+
+def normalize(images: np.ndarray, normalization: dict) -> np.ndarray:
+    """Turn raw 0-255 pixels (..., C) into float32 (x - mean) / std per channel."""
+    mean = np.asarray(normalization["mean"], dtype=np.float32)
+    std = np.asarray(normalization["std"], dtype=np.float32)
+    return (images.astype(np.float32) - mean) / std

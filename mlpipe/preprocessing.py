@@ -1,7 +1,7 @@
 """Normalization and splits: the preprocess stage.
 
-`normalize` is the one normalization function; training data goes through it here and
-served requests go through it inside the packaged model.
+Training data goes through `mlpipe.images.normalize` here, and served requests go through
+the same function inside the packaged model.
 """
 
 import json
@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 
 from mlpipe import datasets, lineage, splits, stats
+from mlpipe.images import normalize
 
 NORMALIZATION_FILE = "normalization.json"
 PREPROCESSED_SPLITS = ("train", "validation", "test")
@@ -48,13 +49,6 @@ def normalization_from_stats(stats_record: dict, channels: int) -> dict:
     if per_channel:
         return make_normalization(per_channel["mean"], per_channel["std"], channels)
     return make_normalization(pixels["mean"], pixels["std"], channels)
-
-
-def normalize(images: np.ndarray, normalization: dict) -> np.ndarray:
-    """Turn raw 0-255 pixels (..., C) into float32 (x - mean) / std per channel."""
-    mean = np.asarray(normalization["mean"], dtype=np.float32)
-    std = np.asarray(normalization["std"], dtype=np.float32)
-    return (images.astype(np.float32) - mean) / std
 
 
 def resolve_normalization(

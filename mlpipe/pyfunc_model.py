@@ -16,7 +16,7 @@ import numpy as np
 from mlflow.pyfunc import PythonModel
 
 from mlpipe import serving
-from mlpipe.preprocessing import normalize
+from mlpipe.images import normalize
 
 
 class ImageClassifier(PythonModel):

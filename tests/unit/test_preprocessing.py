@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from mlpipe import datasets, preprocessing
+from mlpipe.images import normalize
 
 
 def tiny_dataset(channels: int = 1) -> datasets.Dataset:
@@ -40,7 +41,7 @@ def test_make_normalization_refuses_bad_values(mean, std):
 def test_normalize_gives_zero_mean_unit_std():
     images = np.random.default_rng(0).integers(0, 256, (50, 4, 4, 1), dtype=np.uint8)
     normalization = {"mean": [float(images.mean())], "std": [float(images.std())]}
-    normalized = preprocessing.normalize(images, normalization)
+    normalized = normalize(images, normalization)
     assert normalized.dtype == np.float32
     assert abs(normalized.mean()) < 1e-4
     assert abs(normalized.std() - 1) < 1e-4
@@ -85,6 +86,4 @@ def test_save_and_load_preprocessed(tmp_path):
     loaded, meta = preprocessing.load_preprocessed(tmp_path / "pre")
     assert meta["image_shape"] == [8, 8, 3]
     assert meta["normalization"] == normalization
-    np.testing.assert_allclose(
-        loaded["test"][0], preprocessing.normalize(split_arrays["test"][0], normalization)
-    )
+    np.testing.assert_allclose(loaded["test"][0], normalize(split_arrays["test"][0], normalization))
