@@ -42,7 +42,7 @@ import keras  # noqa: E402
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mlpipe import datasets, models, preprocessing, stats, training  # noqa: E402
+from mlpipe import datasets, lineage, models, preprocessing, stats, training  # noqa: E402
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT_PATH = REPO_DIR / "bench" / "results" / "training.json"
@@ -96,7 +96,7 @@ def time_stage(preprocessed_dir: Path, epochs: int) -> tuple[float, list[float]]
             str(preprocessed_dir), epochs=epochs, early_stopping_patience=0
         )
     seconds = time.perf_counter() - started
-    run_id = model_uri.removeprefix("runs:/").split("/")[0]
+    run_id, _ = lineage.parse_runs_uri(model_uri)
     history = mlflow.MlflowClient().get_metric_history(run_id, "epoch_seconds")
     return seconds, [metric.value for metric in sorted(history, key=lambda m: m.step)]
 
