@@ -17,7 +17,7 @@ WORKDIR /home/mlpipe/app
 # Dependencies first, so code changes do not reinstall them; tensorflow is already in the
 # base image at the pinned version and is kept.
 COPY --chown=mlpipe:mlpipe pyproject.toml README.md ./
-COPY --chown=mlpipe:mlpipe mlpipe ./mlpipe
+COPY --chown=mlpipe:mlpipe mlpipe_vision ./mlpipe_vision
 RUN pip install --no-cache-dir .
 
 COPY --chown=mlpipe:mlpipe . .

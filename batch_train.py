@@ -27,7 +27,7 @@ the same command after a kill (or with a larger n_trials) skips finished trials.
 import argparse
 import os
 
-from mlpipe.cli import native_stderr_silenced, run_or_exit
+from mlpipe_vision.cli import native_stderr_silenced, run_or_exit
 
 # TensorFlow reads its C++ log level when it loads: 3 keeps info, warnings and the CUDA
 # probe's error on machines without a GPU off the console (0 shows everything).
@@ -100,7 +100,7 @@ def main() -> None:
     args = vars(build_parser().parse_args())
     search_space = {name: args.pop(name) for name in TRAIN_PARAMETERS}
     with native_stderr_silenced():
-        from mlpipe import sweeps
+        from mlpipe_vision import sweeps
     run_or_exit(sweeps.run_sweep, search_space=search_space, **args)
 
 

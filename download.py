@@ -12,8 +12,8 @@ Next:   mlflow run . -e explore_data -P data=runs:/<this run>/dataset --env-mana
 
 import argparse
 
-from mlpipe import datasets
-from mlpipe.cli import optional_int, run_or_exit, str_to_bool
+from mlpipe_vision import datasets
+from mlpipe_vision.cli import optional_int, run_or_exit, str_to_bool
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,8 +11,8 @@ Next:   mlflow run . -e preprocess -P data=<same URI> -P stats=runs:/<this run>/
 
 import argparse
 
-from mlpipe import stats
-from mlpipe.cli import run_or_exit
+from mlpipe_vision import stats
+from mlpipe_vision.cli import run_or_exit
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,8 +13,8 @@ Ends by printing the `mlflow models serve` and curl commands for the registered 
 
 import argparse
 
-from mlpipe import workflow
-from mlpipe.cli import run_or_exit, str_to_bool
+from mlpipe_vision import workflow
+from mlpipe_vision.cli import run_or_exit, str_to_bool
 
 
 def build_parser() -> argparse.ArgumentParser:

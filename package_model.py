@@ -13,8 +13,8 @@ Next:   mlflow models serve -m models:/<name>@<alias> -p 5000 --env-manager loca
 
 import argparse
 
-from mlpipe import packaging
-from mlpipe.cli import optional_float, run_or_exit
+from mlpipe_vision import packaging
+from mlpipe_vision.cli import optional_float, run_or_exit
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ Writes: example.json, one request holding every image, in a layout the packaged 
           base64  a column "image" of each file's bytes, base64-encoded; the model decodes
 For split and inputs each image is decoded, converted to the model's channels, fitted into
 H x W with aspect-preserving padding and inverted when its background is light, by the
-same function the model uses (`mlpipe.serving.prepare_images`). Pixels stay raw 0-255:
+same function the model uses (`mlpipe_vision.serving.prepare_images`). Pixels stay raw 0-255:
 the model normalizes them itself.
 Next:   the printed curl command sends the file to a model served with
         `mlflow models serve -m models:/<name>@<alias> --env-manager local`.
@@ -21,7 +21,7 @@ Next:   the printed curl command sends the file to a model served with
 import argparse
 import sys
 
-from mlpipe import serving
+from mlpipe_vision import serving
 
 
 def image_size(value: str) -> tuple[int, int]:

@@ -11,8 +11,8 @@ Next:   mlflow run . -e train -P data=runs:/<this run>/preprocessed --env-manage
 
 import argparse
 
-from mlpipe import preprocessing
-from mlpipe.cli import fraction, optional_float, run_or_exit
+from mlpipe_vision import preprocessing
+from mlpipe_vision.cli import fraction, optional_float, run_or_exit
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ builds VGG16 transfer learning (frozen base, optional fine-tuning of its top blo
 import argparse
 import os
 
-from mlpipe.cli import native_stderr_silenced, run_or_exit, str_to_bool
+from mlpipe_vision.cli import native_stderr_silenced, run_or_exit, str_to_bool
 
 # TensorFlow reads its C++ log level when it loads: 3 keeps info, warnings and the CUDA
 # probe's error on machines without a GPU off the console (0 shows everything).
@@ -90,7 +90,7 @@ def main() -> None:
     """Parse the command line and run the stage."""
     args = build_parser().parse_args()
     with native_stderr_silenced():
-        from mlpipe import training
+        from mlpipe_vision import training
     run_or_exit(training.run_train, **vars(args))
 
 

@@ -4,7 +4,7 @@ Builds everything it serves from scratch in a temporary sqlite tracking store: t
 pipeline on real Fashion-MNIST (get_data, preprocess on 10 %, one epoch of training,
 package), then serves, side by side:
 
-- product: the packaged pyfunc (`mlpipe.pyfunc_model`, registered as bench_fashion@champion);
+- product: the packaged pyfunc (`mlpipe_vision.pyfunc_model`, registered as bench_fashion@champion);
 - keras_flavor (a): the same network logged with MLflow's built-in Keras flavor;
 - predict_pyfunc (b): the product's pyfunc with `Model.predict` instead of its compiled
   path, the way the original workshop called the network;
@@ -90,8 +90,8 @@ PREDICT_PYFUNC_CODE = '''"""The product's pyfunc, calling Model.predict as the w
 import mlflow
 import numpy as np
 
-from mlpipe.images import normalize
-from mlpipe.pyfunc_model import ImageClassifier
+from mlpipe_vision.images import normalize
+from mlpipe_vision.pyfunc_model import ImageClassifier
 
 
 class WorkshopImageClassifier(ImageClassifier):
@@ -113,7 +113,7 @@ import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
-from mlpipe import serving
+from mlpipe_vision import serving
 
 
 class DoNothing(PythonModel):
@@ -201,7 +201,7 @@ def build_product(percentage: float) -> dict[str, str]:
     Returns:
         The data URI, the train run's Keras model URI and the packaged model URI.
     """
-    from mlpipe import datasets, packaging, preprocessing, training
+    from mlpipe_vision import datasets, packaging, preprocessing, training
 
     data_uri = datasets.run_get_data("fashion_mnist")
     preprocessed_uri = preprocessing.run_preprocess(data_uri, percentage=percentage)
@@ -269,7 +269,7 @@ def log_code_pyfunc(name: str, code: str, product_dir: Path, work_dir: Path) -> 
     """
     import mlflow
 
-    from mlpipe import packaging
+    from mlpipe_vision import packaging
 
     code_path = work_dir / f"{name}_model.py"
     code_path.write_text(code)
@@ -809,7 +809,7 @@ def run_benchmark(arguments: argparse.Namespace, work_dir: Path) -> dict:
     import keras
     import mlflow
 
-    from mlpipe.images import normalize
+    from mlpipe_vision.images import normalize
 
     settings = Settings(
         rounds=arguments.rounds,

@@ -1,6 +1,6 @@
 """Training overhead, pipeline time and accuracy on full Fashion-MNIST.
 
-1. Overhead: the `train` stage (`mlpipe.training.run_train`: tf.data pipeline, per-epoch
+1. Overhead: the `train` stage (`mlpipe_vision.training.run_train`: tf.data pipeline, per-epoch
    MLflow logging, test evaluation, plots, model logging) against a bare Keras script that
    fits the same network with the same optimizer on the same in-memory arrays and
    evaluates it, with no MLflow. Both run in this process, interleaved (A B, B A, ...),
@@ -42,7 +42,7 @@ import keras  # noqa: E402
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mlpipe import datasets, lineage, models, preprocessing, stats, training  # noqa: E402
+from mlpipe_vision import datasets, lineage, models, preprocessing, stats, training  # noqa: E402
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT_PATH = REPO_DIR / "bench" / "results" / "training.json"

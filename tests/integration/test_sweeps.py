@@ -3,7 +3,7 @@
 import optuna
 import pytest
 
-from mlpipe import lineage, sweeps
+from mlpipe_vision import lineage, sweeps
 from tests.conftest import mlflow_run
 from tests.integration.test_train import gray_images, write_preprocessed
 

@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from mlpipe import datasets, preprocessing
+from mlpipe_vision import datasets, preprocessing
 from tests.conftest import REPO_DIR, mlflow_run, synthetic_images
 
 pytestmark = pytest.mark.integration

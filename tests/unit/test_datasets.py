@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mlpipe import datasets
+from mlpipe_vision import datasets
 from tests.conftest import idx_bytes, write_idx_mirror
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from keras.applications import vgg16
 
-from mlpipe import models, training
+from mlpipe_vision import models, training
 
 GRAY_NORMALIZATION = {"mean": [72.9], "std": [90.0]}
 RGB_NORMALIZATION = {"mean": [120.0, 110.0, 100.0], "std": [60.0, 50.0, 40.0]}

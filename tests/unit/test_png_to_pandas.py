@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlflow.pyfunc import scoring_server
 
-from mlpipe import serving
+from mlpipe_vision import serving
 from tests.conftest import REPO_DIR
 
 SCRIPT_PATH = REPO_DIR / "png_to_pandas.py"

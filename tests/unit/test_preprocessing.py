@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mlpipe import datasets, preprocessing
-from mlpipe.images import normalize
+from mlpipe_vision import datasets, preprocessing
+from mlpipe_vision.images import normalize
 
 
 def tiny_dataset(channels: int = 1) -> datasets.Dataset:

@@ -18,8 +18,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 
-from mlpipe import images, serving
-from mlpipe.serving import InvalidRequestError
+from mlpipe_vision import images, serving
+from mlpipe_vision.serving import InvalidRequestError
 
 # MLflow advises the stand-in models saved below to carry an input example; they must not.
 # (Its "Add type hints" advice cannot be filtered: MLflow resets the filters around it.)
@@ -409,7 +409,7 @@ import mlflow
 import numpy as np
 from mlflow.models import set_model
 
-from mlpipe import serving
+from mlpipe_vision import serving
 
 
 class BrightnessModel(mlflow.pyfunc.PythonModel):

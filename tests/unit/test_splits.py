@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mlpipe import splits
+from mlpipe_vision import splits
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5])

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mlpipe import images, stats
+from mlpipe_vision import images, stats
 from tests.unit.test_preprocessing import tiny_dataset
 
 

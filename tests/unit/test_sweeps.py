@@ -7,7 +7,7 @@ import mlflow
 import optuna
 import pytest
 
-from mlpipe import sweeps, training
+from mlpipe_vision import sweeps, training
 from tests.conftest import REPO_DIR
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

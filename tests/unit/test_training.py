@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from mlpipe import training
+from mlpipe_vision import training
 
 
 @pytest.mark.parametrize("num_classes", [2, 10])

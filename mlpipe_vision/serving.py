@@ -3,7 +3,7 @@
 The packaged pyfunc calls `images_from_request` on whatever MLflow hands its `predict`,
 normalizes the batch and calls the network, then answers with `format_predictions`.
 `png_to_pandas.py` builds its requests with `request_body`, so the model accepts exactly
-what that script writes. PNG/JPEG bytes go through `mlpipe.images` (`decode_image`, then
+what that script writes. PNG/JPEG bytes go through `mlpipe_vision.images` (`decode_image`, then
 `fit_image` with `invert="auto"`), the same functions that built the training data.
 
 What `predict` receives from `mlflow models serve` (MLflow 3.17.2, model saved without
@@ -33,7 +33,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
-from mlpipe.images import decode_image, fit_image
+from mlpipe_vision.images import decode_image, fit_image
 
 IMAGE_COLUMN = "image"
 REQUEST_FORMATS = ("split", "inputs", "base64")

@@ -22,7 +22,7 @@ import tensorflow as tf  # noqa: E402
 from mlflow.models import infer_signature  # noqa: E402
 from mlflow.models.model import ModelInfo  # noqa: E402
 
-from mlpipe import lineage, models, preprocessing  # noqa: E402
+from mlpipe_vision import lineage, models, preprocessing  # noqa: E402
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 MODEL_ARTIFACT = "model"

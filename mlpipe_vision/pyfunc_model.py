@@ -2,7 +2,7 @@
 
 `package` logs this file with three artifacts: the Keras network, and `meta.json` with the
 class names, the input shape and the normalization. A request may hold raw 0-255 pixels in
-any layout `mlpipe.serving.images_from_request` accepts, or base64 PNG/JPEG images; it is
+any layout `mlpipe_vision.serving.images_from_request` accepts, or base64 PNG/JPEG images; it is
 decoded, normalized with the same `normalize` the training data went through, and run
 through the network as one traced `tf.function` for every batch size (`Model.predict` costs
 tens of milliseconds per request for its per-call setup; this path well under one).
@@ -15,8 +15,8 @@ import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
-from mlpipe import serving
-from mlpipe.images import normalize
+from mlpipe_vision import serving
+from mlpipe_vision.images import normalize
 
 
 class ImageClassifier(PythonModel):

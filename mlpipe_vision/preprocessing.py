@@ -1,6 +1,6 @@
 """Normalization and splits: the preprocess stage.
 
-Training data goes through `mlpipe.images.normalize` here, and served requests go through
+Training data goes through `mlpipe_vision.images.normalize` here, and served requests go through
 the same function inside the packaged model.
 """
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from mlpipe import datasets, lineage, splits, stats
-from mlpipe.images import normalize
+from mlpipe_vision import datasets, lineage, splits, stats
+from mlpipe_vision.images import normalize
 
 NORMALIZATION_FILE = "normalization.json"
 PREPROCESSED_SPLITS = ("train", "validation", "test")

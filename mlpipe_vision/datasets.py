@@ -18,7 +18,7 @@ import mlflow
 import numpy as np
 from tqdm import tqdm
 
-from mlpipe import fetch, images, lineage, splits
+from mlpipe_vision import fetch, images, lineage, splits
 
 DATASET_NAMES = ("mnist", "fashion_mnist", "malaria", "image_dir")
 SPLIT_FILES = {"train": "train.npz", "test": "test.npz"}

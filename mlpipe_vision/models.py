@@ -2,7 +2,7 @@
 
 Every network takes normalized float32 images (N, H, W, C), as the preprocess stage writes
 them, and returns softmax probabilities (N, classes). Nothing here trains, logs or touches
-files; `mlpipe.training` compiles and fits what these functions build.
+files; `mlpipe_vision.training` compiles and fits what these functions build.
 """
 
 from pathlib import Path

@@ -18,8 +18,8 @@ from mlflow.exceptions import ExecutionException, MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PROJECT_ENTRY_POINT
 
-from mlpipe import lineage, packaging, serving
-from mlpipe.cli import ERROR_TAG, StageFailedError
+from mlpipe_vision import lineage, packaging, serving
+from mlpipe_vision.cli import ERROR_TAG, StageFailedError
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mlpipe import datasets, lineage  # noqa: E402
+from mlpipe_vision import datasets, lineage  # noqa: E402
 
 STATS_FILE = "stats.json"
 

@@ -38,8 +38,8 @@ import optuna  # noqa: E402
 from mlflow.entities import Param  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: E402
 
-from mlpipe import lineage, training  # noqa: E402
-from mlpipe.cli import str_to_bool  # noqa: E402
+from mlpipe_vision import lineage, training  # noqa: E402
+from mlpipe_vision.cli import str_to_bool  # noqa: E402
 
 SAMPLERS = ("auto", "grid", "tpe")
 DIRECTIONS = ("auto", "maximize", "minimize")
@@ -51,7 +51,7 @@ TRIAL_LOG = "train.log"
 # What the trial process runs: the train stage's function, with the trial's parameters.
 TRIAL_PROGRAM = (
     "import json, sys\n"
-    "from mlpipe import cli, training\n"
+    "from mlpipe_vision import cli, training\n"
     "cli.run_or_exit(training.run_train, **json.loads(sys.argv[1]))\n"
 )
 # Lines kept in each trial's train.log but not echoed to the console: TensorFlow's C++

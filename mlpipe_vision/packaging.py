@@ -19,8 +19,8 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
-from mlpipe import lineage, pyfunc_model, serving
-from mlpipe.preprocessing import NORMALIZATION_FILE, make_normalization
+from mlpipe_vision import lineage, pyfunc_model, serving
+from mlpipe_vision.preprocessing import NORMALIZATION_FILE, make_normalization
 
 PYFUNC_CODE_PATH = Path(pyfunc_model.__file__)
 MLPIPE_DIR = PYFUNC_CODE_PATH.parent
