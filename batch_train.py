@@ -48,6 +48,7 @@ TRAIN_PARAMETERS = {
     "seed": "seed of each trial's training",
     "weights": "VGG16 only: imagenet, none or a weights file",
     "fine_tune_epochs": "VGG16 only: epochs that also train its top block",
+    "mixed_precision": "auto (on where there is a GPU), true or false",
 }
 
 

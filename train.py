@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="VGG16 only: epochs that also train its top block, at a tenth of the rate",
     )
+    parser.add_argument(
+        "--mixed_precision",
+        default="auto",
+        help="float16 compute with float32 weights: auto (where there is a GPU), true or false",
+    )
     return parser
 
 

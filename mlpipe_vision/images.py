@@ -3,11 +3,15 @@
 `fit_image` is used when a folder of images becomes a dataset and again when the served
 model receives a PNG, and `normalize` when preprocess writes the training data and again
 inside the served model, so the two sides can never drift apart. This module imports only
-NumPy and OpenCV, so the served model starts without the pipeline's heavier imports.
+NumPy, OpenCV and Pillow, so the served model starts without the pipeline's heavier imports.
 """
+
+import io
+import warnings
 
 import cv2
 import numpy as np
+from PIL import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -42,6 +46,34 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     return image
+
+
+def image_size(data: bytes, name: str = "image") -> tuple[int, int] | None:
+    """Read an encoded image's (width, height) from its header, without decoding the pixels.
+
+    Pillow reads only as far as the header, so a small file that would decode to billions
+    of pixels costs nothing here.
+
+    Returns:
+        (width, height), or None when the image has more pixels than Pillow opens at all
+        (twice `PIL.Image.MAX_IMAGE_PIXELS`, about 179 million).
+
+    Raises:
+        ValueError: If the bytes are empty or not an image format Pillow knows (PNG, JPEG,
+            BMP, TIFF, WebP, ...).
+    """
+    if not data:
+        raise ValueError(f"{name} is empty; expected PNG or JPEG bytes")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above its own decompression-bomb limit; the caller decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Image.DecompressionBombError:
+        return None
+    except (OSError, SyntaxError, ValueError):
+        raise ValueError(f"{name} is not a readable image; expected PNG or JPEG bytes") from None
 
 
 def is_grayscale(image: np.ndarray) -> bool:

@@ -271,3 +271,40 @@ def build_network(
     return build_convolutional_network(
         image_shape, num_classes, convolutions, conv_filters, dense_units, dropout_rate
     )
+
+
+def as_float32(model: keras.Model) -> keras.Model:
+    """The same network computing in float32, for serving where there is no GPU.
+
+    A network trained under mixed precision keeps float32 weights but records a
+    `mixed_float16` policy in every layer, so once loaded on a CPU it would compute in
+    float16 there: slower, and its answers would differ from a float32 network's. The
+    policies are rewritten in the model's config and the weights copied over unchanged.
+
+    Args:
+        model: A Keras model, mixed precision or not.
+
+    Returns:
+        `model` itself when every layer already computes in float32, else a float32 copy.
+    """
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model._flatten_layers()):
+        return model
+    rebuilt = model.__class__.from_config(_float32_config(model.get_config()))
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+def _float32_config(config: object) -> object:
+    """Rewrite a model config's dtype policies and float16 tensor dtypes to float32."""
+    if isinstance(config, list):
+        return [_float32_config(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    if config.get("class_name") == "DTypePolicy":
+        return {**config, "config": {**config["config"], "name": "float32"}}
+    return {
+        key: "float32"
+        if key == "dtype" and value in ("float16", "bfloat16")
+        else _float32_config(value)
+        for key, value in config.items()
+    }

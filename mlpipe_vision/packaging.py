@@ -1,8 +1,11 @@
 """The package stage: wrap a trained Keras model into the served pyfunc and register it.
 
 The normalization and the class names are found through lineage, not by path: the train
-run's `mlpipe.input_uri` tag names the preprocess run's `preprocessed/` artifact, and that
-run holds `normalization.json` and `preprocessed/meta.json`.
+run's `mlpipe.input_uri` tag names the data it was trained on (a preprocess run's
+`preprocessed/` artifact, or a local folder), whose `meta.json` holds both. The network is
+saved in float32 whatever precision it was trained in, and the model states its pip
+requirements (`mlpipe_vision.environment`), so it serves on any machine MLflow can build an
+environment on.
 """
 
 import json
@@ -19,8 +22,8 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
-from mlpipe_vision import lineage, pyfunc_model, serving
-from mlpipe_vision.preprocessing import NORMALIZATION_FILE, make_normalization
+from mlpipe_vision import environment, lineage, models, pyfunc_model, serving
+from mlpipe_vision.preprocessing import make_normalization
 
 PYFUNC_CODE_PATH = Path(pyfunc_model.__file__)
 MLPIPE_DIR = PYFUNC_CODE_PATH.parent
@@ -110,39 +113,39 @@ def resolve_trained_model(model_uri: str, client: MlflowClient) -> TrainedModel:
 def find_model_meta(trained: TrainedModel, mean: float | None, std: float | None) -> dict:
     """Class names, input shape, dataset name and normalization of a trained model.
 
-    Explicit `mean` and `std` override the normalization that lineage finds.
+    They are read from the `meta.json` of the data the model was trained on: a preprocess
+    run's `preprocessed/` artifact, or a local folder of preprocessed data. Explicit `mean`
+    and `std` override the normalization found there.
 
     Raises:
-        ValueError: If lineage is broken and no explicit normalization was given.
+        ValueError: If the training data's meta.json cannot be found or read.
     """
     if (mean is None) != (std is None):
         raise ValueError(f"give both mean and std or neither; got mean={mean}, std={std}")
     if not trained.preprocessed_uri:
         raise ValueError(
-            f"train run {trained.train_run_id} has no {lineage.INPUT_URI_TAG} tag, so its "
-            "preprocess run (normalization, class names) cannot be found; package a model "
-            "trained by this pipeline's train stage"
+            f"train run {trained.train_run_id} has no {lineage.INPUT_URI_TAG} tag, so the data "
+            "it was trained on (class names, image shape, normalization) cannot be found; "
+            "package a model trained by this pipeline's train stage"
         )
-    preprocess_run_id, _ = lineage.parse_runs_uri(trained.preprocessed_uri)
+    meta_uri = f"{trained.preprocessed_uri.rstrip('/')}/meta.json"
     try:
-        meta = lineage.read_json_artifact(f"{trained.preprocessed_uri.rstrip('/')}/meta.json")
-        normalization = lineage.read_json_artifact(
-            lineage.artifact_uri(preprocess_run_id, NORMALIZATION_FILE)
-        )
-    except (MlflowException, OSError) as error:
+        meta = lineage.read_json_artifact(meta_uri)
+    except (MlflowException, OSError, ValueError) as error:
         raise ValueError(
-            f"cannot read the normalization of preprocess run {preprocess_run_id} "
-            f"({lineage.first_line(error)})"
+            f"cannot read {meta_uri}, the meta.json of the data train run "
+            f"{trained.train_run_id} was trained on ({lineage.first_line(error)}); expected "
+            "a preprocess run's preprocessed/ artifact or a folder preprocess wrote"
         ) from error
-    channels = meta["image_shape"][-1]
+    normalization = meta["normalization"]
     if mean is not None:
-        normalization = make_normalization(mean, std, channels)
+        normalization = make_normalization(mean, std, meta["image_shape"][-1])
     return {
         "dataset": meta.get("dataset", "model"),
         "class_names": meta["class_names"],
         "image_shape": meta["image_shape"],
         "normalization": normalization,
-        "preprocess_run_id": preprocess_run_id,
+        "trained_on": trained.preprocessed_uri,
     }
 
 
@@ -171,7 +174,7 @@ def input_example(meta: dict, sample: np.ndarray | None) -> pd.DataFrame | np.nd
 
 def sample_test_image(preprocessed_uri: str | None, client: MlflowClient) -> np.ndarray | None:
     """A raw test image of the dataset the model was trained on, found through lineage."""
-    if not preprocessed_uri:
+    if not (preprocessed_uri or "").startswith("runs:/"):
         return None
     preprocess_run = client.get_run(lineage.parse_runs_uri(preprocessed_uri)[0])
     dataset_uri = preprocess_run.data.tags.get(lineage.INPUT_URI_TAG)
@@ -190,7 +193,7 @@ def save_model_files(meta: dict, keras_model_uri: str, artifacts_dir: Path) -> d
     """Write the network and meta.json that the pyfunc loads; return the artifacts mapping."""
     import mlflow.keras
 
-    network = mlflow.keras.load_model(keras_model_uri)
+    network = models.as_float32(mlflow.keras.load_model(keras_model_uri))
     network_path = artifacts_dir / "network.keras"
     network.save(network_path)
     meta_path = artifacts_dir / "meta.json"
@@ -255,6 +258,9 @@ def run_package(
             "python_model": str(PYFUNC_CODE_PATH),
             "artifacts": save_model_files(meta, trained.keras_model_uri, Path(tmp)),
             "code_paths": [str(MLPIPE_DIR)],
+            "pip_requirements": environment.pinned_requirements(
+                environment.PACKAGED_MODEL_DISTRIBUTIONS
+            ),
             "signature": output_signature(meta["class_names"]),
             "input_example": input_example(meta, sample),
         }

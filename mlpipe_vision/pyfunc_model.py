@@ -5,7 +5,9 @@ class names, the input shape and the normalization. A request may hold raw 0-255
 any layout `mlpipe_vision.serving.images_from_request` accepts, or base64 PNG/JPEG images; it is
 decoded, normalized with the same `normalize` the training data went through, and run
 through the network as one traced `tf.function` for every batch size (`Model.predict` costs
-tens of milliseconds per request for its per-call setup; this path well under one).
+tens of milliseconds per request for its per-call setup; this path well under one). The
+request limits (`mlpipe_vision.serving.RequestLimits`) are read from the server's
+environment when the model loads.
 """
 
 import json
@@ -23,10 +25,12 @@ class ImageClassifier(PythonModel):
     """Raw pixels or encoded images in; class id, class name and probabilities out."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        """Load the network and meta.json, and warm the inference path up once."""
+        """Load the network and meta.json, read the request limits, warm the inference up."""
         import keras
         import tensorflow as tf
 
+        # Read here, not per request: a bad value stops the server at start-up, not later.
+        self.limits = serving.RequestLimits.from_environment()
         meta = json.loads(Path(context.artifacts["meta"]).read_text())
         self.class_names = meta["class_names"]
         self.image_shape = tuple(meta["image_shape"])
@@ -48,7 +52,7 @@ class ImageClassifier(PythonModel):
     # when they are absent), but this model accepts several layouts and checks them itself.
     def predict(self, context, model_input, params=None):  # noqa: ANN001
         """Answer one row per image: class_id, class_name, probability, p_<class>..."""
-        raw_images = serving.images_from_request(model_input, self.image_shape)
+        raw_images = serving.images_from_request(model_input, self.image_shape, self.limits)
         return serving.format_predictions(self.probabilities(raw_images), self.class_names)
 
 

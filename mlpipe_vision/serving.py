@@ -14,6 +14,13 @@ an input schema) for each JSON body:
 - `inputs` / `instances` holding nested lists: a numpy array; holding an object
   (`{"image": [...]}`) or a list of objects: a dict of numpy arrays.
 
+Two limits protect the server, read from the environment when the model loads
+(`RequestLimits.from_environment`): at most MLPIPE_MAX_REQUEST_IMAGES images per request
+(default 1000), and no encoded image that would decode to more than MLPIPE_MAX_IMAGE_PIXELS
+pixels (default 25,000,000, a 6000x4000 photo's worth); the size is read from the image's
+header before anything is decoded. Pillow itself opens no image over about 179 million
+pixels, so a larger MLPIPE_MAX_IMAGE_PIXELS has no effect.
+
 Every refusal raises `InvalidRequestError`, a `ValueError` that is also an `MlflowException`
 with error code BAD_REQUEST, so the scoring server answers HTTP 400 with its message.
 """
@@ -21,9 +28,11 @@ with error code BAD_REQUEST, so the scoring server answers HTTP 400 with its mes
 import base64
 import binascii
 import json
+import os
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 from typing import Any
@@ -32,12 +41,15 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
+from PIL import Image
 
-from mlpipe_vision.images import decode_image, fit_image
+from mlpipe_vision.images import decode_image, fit_image, image_size
 
 IMAGE_COLUMN = "image"
 REQUEST_FORMATS = ("split", "inputs", "base64")
 PROBABILITY_PREFIX = "p_"
+MAX_IMAGES_VARIABLE = "MLPIPE_MAX_REQUEST_IMAGES"
+MAX_PIXELS_VARIABLE = "MLPIPE_MAX_IMAGE_PIXELS"
 
 
 class InvalidRequestError(MlflowException, ValueError):
@@ -52,7 +64,76 @@ class InvalidRequestError(MlflowException, ValueError):
         super().__init__(message, error_code=BAD_REQUEST)
 
 
-def images_from_request(model_input: Any, image_shape: Sequence[int]) -> np.ndarray:
+@dataclass(frozen=True)
+class RequestLimits:
+    """How much one request may ask of the server.
+
+    Attributes:
+        max_images: Images in one request, in any layout.
+        max_image_pixels: Width x height of one encoded image, read from its header
+            before it is decoded (a 0.4 MB PNG can decode to 400 MB of pixels).
+    """
+
+    max_images: int = 1000
+    max_image_pixels: int = 25_000_000
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> "RequestLimits":
+        """Read the limits from MLPIPE_MAX_REQUEST_IMAGES and MLPIPE_MAX_IMAGE_PIXELS.
+
+        Raises:
+            ValueError: If a variable is set to anything but a positive whole number.
+        """
+        defaults = cls()
+        values = {}
+        for field, variable in (
+            ("max_images", MAX_IMAGES_VARIABLE),
+            ("max_image_pixels", MAX_PIXELS_VARIABLE),
+        ):
+            text = environ.get(variable, "").strip().replace("_", "")
+            if not text:
+                values[field] = getattr(defaults, field)
+            elif text.isascii() and text.isdigit() and int(text) > 0:
+                values[field] = int(text)
+            else:
+                raise ValueError(
+                    f"{variable}={environ[variable]!r} is not a positive whole number; "
+                    f"unset it for the default {getattr(defaults, field)}"
+                )
+        return cls(**values)
+
+    def check_count(self, count: int) -> None:
+        """Refuse a request of more than `max_images` images, before any is converted."""
+        if count > self.max_images:
+            raise InvalidRequestError(
+                f"the request holds {count} images; at most {self.max_images} are accepted "
+                f"in one request (the server's {MAX_IMAGES_VARIABLE}); send smaller batches"
+            )
+
+    def check_pixels(self, data: bytes, name: str) -> None:
+        """Refuse an encoded image larger than `max_image_pixels`, from its header alone."""
+        try:
+            size = image_size(data, name)
+        except ValueError as error:
+            raise InvalidRequestError(str(error)) from None
+        if size is None:
+            shown = f"has more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels"
+        elif size[0] * size[1] > self.max_image_pixels:
+            shown = f"is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels"
+        else:
+            return
+        raise InvalidRequestError(
+            f"{name} {shown}; at most {self.max_image_pixels:,} are decoded (the server's "
+            f"{MAX_PIXELS_VARIABLE}); scale the image down before sending it"
+        )
+
+
+DEFAULT_LIMITS = RequestLimits()
+
+
+def images_from_request(
+    model_input: Any, image_shape: Sequence[int], limits: RequestLimits = DEFAULT_LIMITS
+) -> np.ndarray:
     """Turn what a served model's `predict` receives into a batch of raw images.
 
     Accepted layouts, for an image shape (H, W, C):
@@ -73,24 +154,25 @@ def images_from_request(model_input: Any, image_shape: Sequence[int]) -> np.ndar
     Args:
         model_input: A pandas DataFrame, numpy array, list or dict of arrays.
         image_shape: The model's input (H, W, C).
+        limits: The most images per request and pixels per encoded image.
 
     Returns:
         float32 array (N, H, W, C) of raw pixel values from 0 to 255.
 
     Raises:
         InvalidRequestError: If the input is empty, has an unknown column, the wrong shape or
-            number of columns, non-numeric, NaN, infinite or out-of-range values, or an
-            image that is not valid base64 or not a readable image; the message says
-            what was received and what was expected.
+            number of columns, non-numeric, NaN, infinite or out-of-range values, an
+            image that is not valid base64 or not a readable image, or more than `limits`
+            allow; the message says what was received and what was expected.
     """
     height, width, channels = (int(size) for size in image_shape)
     shape = (height, width, channels)
     if isinstance(model_input, pd.DataFrame):
-        return _images_from_table(model_input, shape)
+        return _images_from_table(model_input, shape, limits)
     if isinstance(model_input, dict):
-        return _images_from_dict(model_input, shape)
+        return _images_from_dict(model_input, shape, limits)
     if isinstance(model_input, (np.ndarray, list, tuple)):
-        return _images_from_array(model_input, shape)
+        return _images_from_array(model_input, shape, limits)
     raise InvalidRequestError(
         f"got input of type {type(model_input).__name__}; expected a table "
         f"(dataframe_split or dataframe_records) of {_expected_layouts(shape)}, or a tensor "
@@ -99,7 +181,10 @@ def images_from_request(model_input: Any, image_shape: Sequence[int]) -> np.ndar
 
 
 def prepare_images(
-    encoded_images: Sequence[bytes], image_shape: Sequence[int], names: Sequence[str] = ()
+    encoded_images: Sequence[bytes],
+    image_shape: Sequence[int],
+    names: Sequence[str] = (),
+    limits: RequestLimits | None = None,
 ) -> np.ndarray:
     """Decode PNG/JPEG bytes and fit them to the model's input, as for training data.
 
@@ -108,17 +193,23 @@ def prepare_images(
         image_shape: The model's input (H, W, C).
         names: What to call each image in an error message (file names); defaults to
             "image 0", "image 1", ...
+        limits: The served model's limits, whose pixel limit is checked before anything
+            is decoded; None (on the client side) decodes any size.
 
     Returns:
         uint8 array (N, H, W, C), inverted where the background was light.
 
     Raises:
-        InvalidRequestError: If there is no image, or one is empty or not a readable image.
+        InvalidRequestError: If there is no image, one is empty or not a readable image, or
+            one is larger than `limits` allow.
     """
     height, width, channels = (int(size) for size in image_shape)
     if len(encoded_images) == 0:
         raise InvalidRequestError("the request holds no images; expected at least one")
     names = list(names) or [f"image {index}" for index in range(len(encoded_images))]
+    if limits is not None:
+        for data, name in zip(encoded_images, names, strict=True):
+            limits.check_pixels(data, name)
     fitted = []
     for data, name in zip(encoded_images, names, strict=True):
         try:
@@ -308,7 +399,9 @@ def _shape_text(shape: tuple) -> str:
     return f"({inner},)" if len(shape) == 1 else f"({inner})"
 
 
-def _images_from_table(table: pd.DataFrame, image_shape: tuple[int, int, int]) -> np.ndarray:
+def _images_from_table(
+    table: pd.DataFrame, image_shape: tuple[int, int, int], limits: RequestLimits
+) -> np.ndarray:
     """Read a DataFrame: a column of encoded images, or rows of pixels."""
     if table.empty:
         raise InvalidRequestError(
@@ -322,9 +415,11 @@ def _images_from_table(table: pd.DataFrame, image_shape: tuple[int, int, int]) -
                 f"unknown column(s) {others} next to {IMAGE_COLUMN!r}; expected only the "
                 f"column {IMAGE_COLUMN!r} of base64-encoded PNG/JPEG"
             )
-        return _images_from_encoded(list(table[IMAGE_COLUMN]), image_shape)
-    pixels = _pixel_table(table, image_shape)
+        return _images_from_encoded(list(table[IMAGE_COLUMN]), image_shape, limits)
     height, width, channels = image_shape
+    single_image = channels == 1 and table.shape == (height, width)
+    limits.check_count(1 if single_image else len(table))
+    pixels = _pixel_table(table, image_shape)
     rows, columns = pixels.shape
     if columns == height * width * channels:
         return _checked_pixels(pixels, image_shape)
@@ -385,7 +480,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (Real, np.number)) and not isinstance(value, (bool, np.bool_))
 
 
-def _images_from_dict(inputs: dict, image_shape: tuple[int, int, int]) -> np.ndarray:
+def _images_from_dict(
+    inputs: dict, image_shape: tuple[int, int, int], limits: RequestLimits
+) -> np.ndarray:
     """Read named tensors: only the name "image" is known."""
     if not inputs:
         raise InvalidRequestError(
@@ -398,13 +495,16 @@ def _images_from_dict(inputs: dict, image_shape: tuple[int, int, int]) -> np.nda
             f"expected a single input {IMAGE_COLUMN!r} (base64-encoded PNG/JPEG or a pixel tensor "
             f"{_expected_array_shapes(image_shape)}), or an unnamed tensor"
         )
-    return _images_from_array(inputs[IMAGE_COLUMN], image_shape)
+    return _images_from_array(inputs[IMAGE_COLUMN], image_shape, limits)
 
 
-def _images_from_array(values: Any, image_shape: tuple[int, int, int]) -> np.ndarray:
+def _images_from_array(
+    values: Any, image_shape: tuple[int, int, int], limits: RequestLimits
+) -> np.ndarray:
     """Read a tensor of pixels, or a 1-D array of encoded images."""
     if _is_text_list(values):
-        return _images_from_encoded(list(values), image_shape)  # numpy would cut trailing b"\0"
+        # numpy would cut trailing b"\0"
+        return _images_from_encoded(list(values), image_shape, limits)
     try:
         array = np.asarray(values)
     except ValueError as error:
@@ -418,18 +518,26 @@ def _images_from_array(values: Any, image_shape: tuple[int, int, int]) -> np.nda
             f"expected a tensor of shape {_expected_array_shapes(image_shape)}"
         )
     if array.dtype.kind in "iuf":
-        return _checked_pixels(_reshape_tensor(array, image_shape), image_shape)
+        return _checked_tensor(array, image_shape, limits)
     values = array.ravel().tolist()
     if array.ndim == 1 and _is_text_list(values):
-        return _images_from_encoded(values, image_shape)
+        return _images_from_encoded(values, image_shape, limits)
     for value in values:
         if not _is_number(value):
             raise InvalidRequestError(
                 f"the tensor of shape {array.shape} holds {_shorten(value)}, not a number; "
                 "expected pixel values from 0 to 255"
             )
-    array = array.astype(np.float64)
-    return _checked_pixels(_reshape_tensor(array, image_shape), image_shape)
+    return _checked_tensor(array.astype(np.float64), image_shape, limits)
+
+
+def _checked_tensor(
+    array: np.ndarray, image_shape: tuple[int, int, int], limits: RequestLimits
+) -> np.ndarray:
+    """Reshape a numeric tensor to (N, H, W, C), count its images, then check its values."""
+    images = _reshape_tensor(array, image_shape)
+    limits.check_count(len(images))
+    return _checked_pixels(images, image_shape)
 
 
 def _is_text_list(values: Any) -> bool:
@@ -484,11 +592,14 @@ def _checked_pixels(pixels: np.ndarray, image_shape: tuple[int, int, int]) -> np
     return pixels.astype(np.float32)
 
 
-def _images_from_encoded(values: list, image_shape: tuple[int, int, int]) -> np.ndarray:
+def _images_from_encoded(
+    values: list, image_shape: tuple[int, int, int], limits: RequestLimits
+) -> np.ndarray:
     """Decode base64 (str or bytes) or raw PNG/JPEG bytes, then fit them to the model."""
+    limits.check_count(len(values))
     names = [f"{IMAGE_COLUMN!r} row {row}" for row in range(len(values))]
     encoded = [_image_bytes(value, name) for value, name in zip(values, names, strict=True)]
-    return prepare_images(encoded, image_shape, names).astype(np.float32)
+    return prepare_images(encoded, image_shape, names, limits).astype(np.float32)
 
 
 def _image_bytes(value: Any, name: str) -> bytes:

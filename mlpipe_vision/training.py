@@ -22,9 +22,10 @@ import tensorflow as tf  # noqa: E402
 from mlflow.models import infer_signature  # noqa: E402
 from mlflow.models.model import ModelInfo  # noqa: E402
 
-from mlpipe_vision import lineage, models, preprocessing  # noqa: E402
+from mlpipe_vision import environment, lineage, models, preprocessing  # noqa: E402
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+MIXED_PRECISION_CHOICES = ("auto", "true", "false")
 MODEL_ARTIFACT = "model"
 REQUIRED_FILE = "train_images.npy"
 PRODUCED_BY = "runs:/<preprocess_run_id>/preprocessed from a preprocess run"
@@ -61,6 +62,7 @@ def check_parameters(
     early_stopping_patience: int,
     weights: str,
     fine_tune_epochs: int,
+    mixed_precision: str = "auto",
 ) -> None:
     """Refuse impossible train parameters before any data is read.
 
@@ -95,6 +97,11 @@ def check_parameters(
             f"exists with convolutions=0 (got convolutions={convolutions}); set "
             "fine_tune_epochs=0 or convolutions=0"
         )
+    if mixed_precision not in MIXED_PRECISION_CHOICES:
+        raise ValueError(
+            f"mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, "
+            f"got {mixed_precision!r}"
+        )
     if convolutions == 0:
         models.resolve_vgg16_weights(weights)
 
@@ -102,8 +109,11 @@ def check_parameters(
 # ------------------------------------------------------------------------------ devices
 
 
-def configure_devices() -> tuple[tf.distribute.Strategy, str]:
+def configure_devices(mixed_precision: str = "auto") -> tuple[tf.distribute.Strategy, str]:
     """Use what the machine has: GPUs with memory growth and mixed precision, else the CPU.
+
+    Args:
+        mixed_precision: "auto" (on where there is a GPU), "true" or "false".
 
     Returns:
         (the distribution strategy to build and compile the model in, a short description
@@ -115,7 +125,8 @@ def configure_devices() -> tuple[tf.distribute.Strategy, str]:
         with contextlib.suppress(RuntimeError):
             tf.config.experimental.set_memory_growth(gpu, True)
     # float16 halves memory and uses tensor cores on a GPU; on a CPU it is only slower.
-    keras.mixed_precision.set_global_policy("mixed_float16" if gpus else "float32")
+    mixed = bool(gpus) if mixed_precision == "auto" else mixed_precision == "true"
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy(), f"{len(gpus)} gpus"
     return tf.distribute.get_strategy(), f"{len(gpus)} gpu" if gpus else "cpu"
@@ -464,14 +475,9 @@ def log_keras_model(model: keras.Model, example_images: np.ndarray) -> ModelInfo
     """
     example_images = example_images.astype(np.float32)
     signature = infer_signature(example_images, model.predict_on_batch(example_images))
-    # Pinning what is installed skips MLflow's requirement inference, which loads the model
-    # in a subprocess and costs several seconds; it finds exactly these packages.
-    requirements = [
-        f"mlflow=={mlflow.__version__}",
-        f"tensorflow=={tf.__version__}",
-        f"keras=={keras.__version__}",
-        f"numpy=={np.__version__}",
-    ]
+    # Stated, not inferred: complete for serving, and MLflow's inference would load the
+    # model again in a subprocess for several seconds.
+    requirements = environment.pinned_requirements(environment.KERAS_MODEL_DISTRIBUTIONS)
     return mlflow.models.Model.log(
         artifact_path=None,
         name=MODEL_ARTIFACT,
@@ -584,6 +590,7 @@ def run_train(
     seed: int = 42,
     weights: str = "imagenet",
     fine_tune_epochs: int = 0,
+    mixed_precision: str = "auto",
 ) -> str:
     """The train stage: train on `preprocessed/`, log metrics, plots and the model.
 
@@ -606,6 +613,8 @@ def run_train(
         weights: VGG16 only: "imagenet", "none" or the path of a weights file.
         fine_tune_epochs: VGG16 only: epochs that then train VGG16's top block too, at a
             tenth of the learning rate.
+        mixed_precision: Compute in float16 with float32 weights: "auto" where there is a
+            GPU, "true" or "false". The packaged model computes in float32 either way.
 
     Returns:
         The model URI, `runs:/<run_id>/model`.
@@ -628,6 +637,7 @@ def run_train(
         "seed": seed,
         "weights": weights,
         "fine_tune_epochs": fine_tune_epochs,
+        "mixed_precision": mixed_precision,
     }
     check_parameters(
         convolutions,
@@ -641,12 +651,13 @@ def run_train(
         early_stopping_patience,
         weights,
         fine_tune_epochs,
+        mixed_precision,
     )
     split_arrays, meta = load_splits(data)
     class_names = list(meta["class_names"])
     image_shape = tuple(int(size) for size in meta["image_shape"])
     num_classes = len(class_names)
-    strategy, device = configure_devices()
+    strategy, device = configure_devices(mixed_precision)
     make_reproducible(seed, deterministic_ops=device == "cpu")
     augmentations = augmentation_names(meta.get("dataset", "")) if augment else ()
     train_data = make_dataset(
@@ -687,7 +698,13 @@ def run_train(
                 **{f"{split}_examples": len(labels) for split, (_, labels) in split_arrays.items()},
             }
         )
-        mlflow.set_tags({"mlpipe.device": device, "mlpipe.dataset": meta.get("dataset", "")})
+        mlflow.set_tags(
+            {
+                "mlpipe.device": device,
+                "mlpipe.dtype_policy": keras.mixed_precision.global_policy().name,
+                "mlpipe.dataset": meta.get("dataset", ""),
+            }
+        )
         if num_classes == 2:
             mlflow.set_tag("mlpipe.positive_class", class_names[POSITIVE_CLASS])
         mlflow.log_text(summary, "model_summary.txt")

@@ -1,17 +1,24 @@
 """Shared fixtures: synthetic data, a temporary tracking store, and real `mlflow run` calls."""
 
+import contextlib
 import gzip
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+PACKAGED_MODEL_NAME = "tiny_digits"
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -113,3 +120,124 @@ def mlflow_run(tracking: dict, entry_point: str, check: bool = True, **parameter
         "output": output,
         "returncode": completed.returncode,
     }
+
+
+@pytest.fixture(scope="session")
+def packaged(tracking, idx_mirror_dir, tmp_path_factory):
+    """Data stages, one epoch of training and package, all through `mlflow run`."""
+    get_data = mlflow_run(tracking, "get_data", dataset="mnist", source=idx_mirror_dir, verify=0)
+    data_uri = f"runs:/{get_data['run_id']}/dataset"
+    preprocess = mlflow_run(tracking, "preprocess", data=data_uri)
+    preprocessed_uri = f"runs:/{preprocess['run_id']}/preprocessed"
+    train = mlflow_run(tracking, "train", data=preprocessed_uri, epochs=1, batch_size=32)
+    output_dir = tmp_path_factory.mktemp("saved") / "model"
+    package = mlflow_run(
+        tracking,
+        "package",
+        model=f"runs:/{train['run_id']}/model",
+        registered_model_name=PACKAGED_MODEL_NAME,
+        output_dir=output_dir,
+    )
+    return {
+        "data_uri": data_uri,
+        "preprocessed_uri": preprocessed_uri,
+        "train_run_id": train["run_id"],
+        "package": package,
+        "output_dir": output_dir,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served_model(
+    model_uri: str,
+    tracking_uri: str,
+    log_path: Path,
+    env_manager: str = "local",
+    extra_env: dict[str, str] | None = None,
+    start_seconds: float = 180,
+) -> Iterator[dict]:
+    """Run `mlflow models serve` on a free port until the block ends.
+
+    Yields:
+        {"url", "process", "start_seconds" (until /ping first answered)}.
+    """
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        **(extra_env or {}),
+    }
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
+    command += ["-p", str(port), "--env-manager", env_manager]
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited:\n{log_path.read_text()[-4000:]}")
+            if time.monotonic() - started > start_seconds:
+                raise AssertionError(f"server did not start:\n{log_path.read_text()[-4000:]}")
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        yield {"url": url, "process": process, "start_seconds": time.monotonic() - started}
+    finally:
+        # The server runs in its own session: uvicorn and any environment shell go with it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 15)
+        process.wait(timeout=30)
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid grayscale PNG of width x height black pixels, compressed to almost nothing.
+
+    Written row by row, so making a 20000x20000 image takes little memory here; decoding it
+    takes width x height bytes.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    compressor = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte 0, then black pixels
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    signature = b"\x89PNG\r\n\x1a\n"
+    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def process_tree_peak_memory(pid: int) -> int:
+    """Sum of the peak resident memory (VmHWM) of a process and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        pending += children.get(current, [])
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) * 1024
+    return total

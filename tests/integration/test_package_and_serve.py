@@ -2,11 +2,8 @@
 
 import base64
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -16,74 +13,31 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import REPO_DIR, mlflow_run
+from tests.conftest import (
+    PACKAGED_MODEL_NAME,
+    REPO_DIR,
+    png_bomb,
+    process_tree_peak_memory,
+    served_model,
+)
 
 pytestmark = pytest.mark.integration
 
-MODEL_NAME = "tiny_digits"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+MODEL_NAME = PACKAGED_MODEL_NAME
 
 
 @pytest.fixture(scope="module")
-def packaged(tracking, idx_mirror_dir, tmp_path_factory):
-    """Data stages, one epoch of training and package, all through `mlflow run`."""
-    get_data = mlflow_run(tracking, "get_data", dataset="mnist", source=idx_mirror_dir, verify=0)
-    data_uri = f"runs:/{get_data['run_id']}/dataset"
-    preprocess = mlflow_run(tracking, "preprocess", data=data_uri)
-    preprocessed_uri = f"runs:/{preprocess['run_id']}/preprocessed"
-    train = mlflow_run(tracking, "train", data=preprocessed_uri, epochs=1, batch_size=32)
-    output_dir = tmp_path_factory.mktemp("saved") / "model"
-    package = mlflow_run(
-        tracking,
-        "package",
-        model=f"runs:/{train['run_id']}/model",
-        registered_model_name=MODEL_NAME,
-        output_dir=output_dir,
-    )
-    return {
-        "data_uri": data_uri,
-        "preprocessed_uri": preprocessed_uri,
-        "train_run_id": train["run_id"],
-        "package": package,
-        "output_dir": output_dir,
-    }
+def served(tracking, packaged):
+    """`mlflow models serve` of the registered alias in this environment, stopped afterwards."""
+    with served_model(
+        f"models:/{MODEL_NAME}@champion", tracking["uri"], tracking["root"] / "serve.log"
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def server(tracking, packaged):
-    """`mlflow models serve` of the registered alias on a free port, stopped afterwards."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking["uri"],
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    command = [sys.executable, "-m", "mlflow", "models", "serve"]
-    command += ["-m", f"models:/{MODEL_NAME}@champion", "-p", str(port), "--env-manager", "local"]
-    log_path = tracking["root"] / "serve.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise AssertionError(f"server exited:\n{log_path.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(1)
-        else:
-            process.kill()
-            raise AssertionError(f"server did not start:\n{log_path.read_text()[-4000:]}")
-        yield url
-        process.terminate()
-        process.wait(timeout=30)
+def server(served):
+    return served["url"]
 
 
 def invoke(url: str, body: dict | str) -> requests.Response:
@@ -209,3 +163,61 @@ def test_a_drawing_goes_through_png_to_pandas_and_the_server(server, tmp_path):
     response = invoke(server, body)
     assert response.status_code == 200, response.text
     assert response.json()["predictions"][0]["class_name"] in [str(d) for d in range(10)]
+
+
+def base64_body(encoded: bytes) -> dict:
+    return {
+        "dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(encoded).decode()]]}
+    }
+
+
+@pytest.mark.parametrize(
+    ("side", "message"),
+    [
+        (10000, "10000x10000 = 100,000,000 pixels; at most 25,000,000"),
+        (20000, "more than 178,956,970 pixels; at most 25,000,000"),
+    ],
+)
+def test_an_image_too_large_to_decode_gets_400_and_is_never_decoded(served, side, message):
+    """A ~0.1-0.4 MB PNG that decodes to side x side bytes: refused from its header."""
+    body = base64_body(png_bomb(side, side))
+    peak_before = process_tree_peak_memory(served["process"].pid)
+    response = invoke(served["url"], body)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["message"]
+    assert "MLPIPE_MAX_IMAGE_PIXELS" in response.json()["message"]
+    # Decoding would have needed side * side bytes (100 MB and more) at once.
+    growth = process_tree_peak_memory(served["process"].pid) - peak_before
+    assert growth < side * side // 4, f"peak memory grew by {growth / 1e6:.0f} MB"
+    assert requests.get(f"{served['url']}/ping", timeout=5).status_code == 200
+
+
+def test_a_request_over_the_image_count_limit_gets_400_and_the_limit_itself_passes(server):
+    images = np.zeros((1001, 784), dtype=np.uint8).tolist()
+    columns = list(range(784))
+    response = invoke(server, {"dataframe_split": {"columns": columns, "data": images}})
+    assert response.status_code == 400, response.text
+    assert "1001 images; at most 1000" in response.json()["message"]
+    assert "MLPIPE_MAX_REQUEST_IMAGES" in response.json()["message"]
+    response = invoke(server, {"inputs": np.zeros((1001, 28, 28), dtype=np.uint8).tolist()})
+    assert response.status_code == 400, response.text
+    response = invoke(server, {"dataframe_split": {"columns": columns, "data": images[:1000]}})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == 1000
+
+
+def test_the_limits_are_read_from_the_server_environment(tracking, packaged, tmp_path):
+    with served_model(
+        str(packaged["output_dir"]),
+        tracking["uri"],
+        tmp_path / "serve.log",
+        extra_env={"MLPIPE_MAX_REQUEST_IMAGES": "2", "MLPIPE_MAX_IMAGE_PIXELS": "100"},
+    ) as running:
+        response = invoke(running["url"], {"inputs": np.zeros((3, 28, 28)).tolist()})
+        assert response.status_code == 400, response.text
+        assert "3 images; at most 2" in response.json()["message"]
+        response = invoke(running["url"], base64_body(png_bomb(11, 10)))
+        assert response.status_code == 400, response.text
+        assert "11x10 = 110 pixels; at most 100" in response.json()["message"]
+        response = invoke(running["url"], base64_body(png_bomb(10, 10)))
+        assert response.status_code == 200, response.text
