@@ -206,6 +206,7 @@ VALID = {
         ({"fine_tune_epochs": 2}, "fine_tune_epochs=2 fine-tunes VGG16's top block"),
         ({"convolutions": -1}, "convolutions must be at least 0, got -1"),
         ({"convolutions": 0, "weights": "missing.h5"}, "not an existing file"),
+        ({"mixed_precision": "yes"}, "mixed_precision must be one of auto, true, false, got 'yes'"),
     ],
 )
 def test_impossible_train_parameters_are_refused(changes, message):
@@ -216,3 +217,36 @@ def test_impossible_train_parameters_are_refused(changes, message):
 def test_valid_train_parameters_pass():
     training.check_parameters(**VALID)
     training.check_parameters(**{**VALID, "convolutions": 0, "fine_tune_epochs": 2})
+
+
+@pytest.fixture
+def mixed_precision_policy():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize(
+    ("image_shape", "convolutions", "normalization"),
+    [((28, 28, 1), 2, GRAY_NORMALIZATION), ((32, 32, 3), 0, RGB_NORMALIZATION)],
+)
+def test_as_float32_turns_a_mixed_precision_network_into_float32_with_the_same_weights(
+    mixed_precision_policy, image_shape, convolutions, normalization
+):
+    mixed = models.build_network(image_shape, 5, normalization, convolutions, 8, 16, 0.1, "none")
+    assert mixed.get_layer("dense").compute_dtype == "float16"
+    keras.mixed_precision.set_global_policy("float32")
+    converted = models.as_float32(mixed)
+    assert {layer.dtype_policy.name for layer in converted._flatten_layers()} == {"float32"}
+    for before, after in zip(mixed.get_weights(), converted.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)
+    images = np.random.default_rng(0).normal(size=(4, *image_shape)).astype(np.float32)
+    float32_answer = converted(images, training=False)
+    assert float32_answer.dtype == "float32"
+    # float16 compute keeps about three significant digits.
+    np.testing.assert_allclose(float32_answer, mixed(images, training=False), atol=2e-3)
+
+
+def test_as_float32_leaves_a_float32_network_alone():
+    network = models.build_network((28, 28, 1), 3, GRAY_NORMALIZATION, 1, 4, 8, 0.0, "none")
+    assert models.as_float32(network) is network

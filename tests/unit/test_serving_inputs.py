@@ -578,3 +578,84 @@ def test_csv_bodies_work_too():
     rows = [",".join(str(int(v)) for v in row) for row in FLAT]
     parsed = scoring_server.parse_csv_input(io.StringIO("\n".join([header, *rows])))
     np.testing.assert_array_equal(serving.images_from_request(parsed, SHAPE), PIXELS)
+
+
+# ------------------------------------------------------------------------- request limits
+
+SMALL_LIMITS = serving.RequestLimits(max_images=2, max_image_pixels=30 * 30)
+
+
+@pytest.mark.parametrize(
+    "model_input",
+    [
+        pd.DataFrame(np.zeros((3, 784))),
+        np.zeros((3, 28, 28)),
+        np.zeros((3, 784)),
+        {"image": np.zeros((3, 28, 28, 1))},
+        pd.DataFrame({"image": ["not even decoded"] * 3}),
+        np.array(["not even decoded"] * 3),
+    ],
+    ids=["flattened rows", "tensor", "flat tensor", "named tensor", "image column", "text array"],
+)
+def test_more_images_than_the_limit_are_refused_in_every_layout(model_input):
+    with pytest.raises(
+        InvalidRequestError, match="3 images; at most 2 .*MLPIPE_MAX_REQUEST_IMAGES"
+    ):
+        serving.images_from_request(model_input, SHAPE, SMALL_LIMITS)
+
+
+def test_the_image_count_limit_itself_is_accepted():
+    assert serving.images_from_request(np.zeros((2, 28, 28)), SHAPE, SMALL_LIMITS).shape[0] == 2
+    workshop = pd.DataFrame(np.zeros((28, 28), dtype=np.int64))  # 28 rows, one image
+    assert serving.images_from_request(workshop, SHAPE, SMALL_LIMITS).shape[0] == 1
+
+
+def test_an_encoded_image_over_the_pixel_limit_is_refused_from_its_header():
+    large = encode(np.zeros((31, 30), dtype=np.uint8), ".png")
+    table = pd.DataFrame({"image": [b64(large)]})
+    with pytest.raises(InvalidRequestError, match=r"30x31 = 930 pixels; at most 900 .*PIXELS"):
+        serving.images_from_request(table, SHAPE, SMALL_LIMITS)
+    fitting = pd.DataFrame({"image": [b64(encode(np.zeros((30, 30), dtype=np.uint8), ".jpg"))]})
+    assert serving.images_from_request(fitting, SHAPE, SMALL_LIMITS).shape == (1, 28, 28, 1)
+
+
+def test_the_client_side_decodes_any_size():
+    large = encode(np.zeros((300, 300), dtype=np.uint8), ".png")
+    assert serving.prepare_images([large], SHAPE).shape == (1, 28, 28, 1)
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, serving.RequestLimits(1000, 25_000_000)),
+        ({"MLPIPE_MAX_REQUEST_IMAGES": "64"}, serving.RequestLimits(64, 25_000_000)),
+        ({"MLPIPE_MAX_IMAGE_PIXELS": "4_000_000 "}, serving.RequestLimits(1000, 4_000_000)),
+        ({"MLPIPE_MAX_IMAGE_PIXELS": ""}, serving.RequestLimits(1000, 25_000_000)),
+    ],
+)
+def test_limits_are_read_from_the_environment(environ, expected):
+    assert serving.RequestLimits.from_environment(environ) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "lots", "1e6", "2.5"])
+def test_a_bad_limit_in_the_environment_names_the_variable(value):
+    with pytest.raises(ValueError, match=f"MLPIPE_MAX_REQUEST_IMAGES='{value}' is not a positive"):
+        serving.RequestLimits.from_environment({"MLPIPE_MAX_REQUEST_IMAGES": value})
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (encode(np.zeros((7, 9), dtype=np.uint8), ".png"), (9, 7)),
+        (encode(np.zeros((5, 4, 3), dtype=np.uint8), ".jpg"), (4, 5)),
+        (encode(np.zeros((6, 2), dtype=np.uint8), ".bmp"), (2, 6)),
+    ],
+)
+def test_image_size_reads_the_header(data, expected):
+    assert images.image_size(data) == expected
+
+
+@pytest.mark.parametrize(("data", "message"), [(b"", "is empty"), (b"GIF? no", "not a readable")])
+def test_image_size_refuses_what_is_not_an_image(data, message):
+    with pytest.raises(ValueError, match=message):
+        images.image_size(data, "upload")
