@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import keras
 import mlflow
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import yaml
 from tests.conftest import (
     PACKAGED_MODEL_NAME,
     REPO_DIR,
+    mlflow_run,
     png_bomb,
     process_tree_peak_memory,
     served_model,
@@ -221,3 +223,59 @@ def test_the_limits_are_read_from_the_server_environment(tracking, packaged, tmp
         assert "11x10 = 110 pixels; at most 100" in response.json()["message"]
         response = invoke(running["url"], base64_body(png_bomb(10, 10)))
         assert response.status_code == 200, response.text
+
+
+def test_a_mixed_precision_network_from_a_local_folder_packages_and_answers_in_float32(
+    use_tracking, packaged, tmp_path
+):
+    """Trained as on a GPU box (float16 compute), on data that is not a runs:/ URI."""
+    preprocessed_dir = Path(
+        mlflow.artifacts.download_artifacts(packaged["preprocessed_uri"], dst_path=tmp_path)
+    )
+    # MLproject's `uri` parameters take a local folder as a file: URI.
+    data_uri = preprocessed_dir.as_uri()
+    train = mlflow_run(
+        use_tracking,
+        "train",
+        data=data_uri,
+        epochs=1,
+        batch_size=32,
+        mixed_precision="true",
+    )
+    train_run = use_tracking["client"].get_run(train["run_id"])
+    assert train_run.data.tags["mlpipe.dtype_policy"] == "mixed_float16"
+    keras_model_uri = f"runs:/{train['run_id']}/model"
+    mlflow_run(
+        use_tracking,
+        "package",
+        model=keras_model_uri,
+        registered_model_name="mixed_digits",
+        output_dir=tmp_path / "model",
+    )
+    network = keras.models.load_model(tmp_path / "model" / "artifacts" / "network.keras")
+    assert {layer.dtype_policy.name for layer in network._flatten_layers()} == {"float32"}
+
+    # The served answer against the network as trained, computing in float16.
+    images, _ = raw_test_images(use_tracking, packaged)
+    answer = mlflow.pyfunc.load_model(str(tmp_path / "model")).predict(images[:16])
+    served = answer[[f"p_{digit}" for digit in range(10)]].to_numpy()
+    assert served.dtype == np.float64
+    trained = mlflow.keras.load_model(keras_model_uri)
+    assert trained.get_layer("dense").compute_dtype == "float16"
+    preprocessed = np.load(preprocessed_dir / "test_images.npy")[:16]
+    np.testing.assert_allclose(served, trained.predict_on_batch(preprocessed), atol=2e-3)
+    np.testing.assert_allclose(served, network.predict_on_batch(preprocessed), atol=1e-6)
+
+    explicit = mlflow_run(
+        use_tracking,
+        "package",
+        model=keras_model_uri,
+        registered_model_name="mixed_digits",
+        mean=30,
+        std=60,
+        output_dir=tmp_path / "explicit",
+    )
+    assert "registered mixed_digits version 2" in explicit["output"]
+    meta = json.loads((tmp_path / "explicit" / "artifacts" / "meta.json").read_text())
+    assert meta["normalization"] == {"mean": [30.0], "std": [60.0]}
+    assert meta["trained_on"] == data_uri
