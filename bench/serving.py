@@ -5,6 +5,9 @@ pipeline on real Fashion-MNIST (get_data, preprocess on 10 %, one epoch of train
 package), then serves, side by side:
 
 - product: the packaged pyfunc (`mlpipe_vision.pyfunc_model`, registered as bench_fashion@champion);
+- product_uv: the same model under `--env-manager uv`, in an environment MLflow builds from
+  the model's own requirements in a fresh folder (uv's download cache stays warm), as a
+  user serving it anywhere but the project's venv would;
 - keras_flavor (a): the same network logged with MLflow's built-in Keras flavor;
 - predict_pyfunc (b): the product's pyfunc with `Model.predict` instead of its compiled
   path, the way the original workshop called the network;
@@ -14,7 +17,9 @@ package), then serves, side by side:
   product's shape, so its latency is the scoring server's own cost (HTTP, FastAPI, JSON
   and pandas) for the same request body: what no model can go below.
 
-Each server runs under `python -m mlflow models serve --env-manager local`. Requests carry
+Every other server runs under `python -m mlflow models serve --env-manager local`. The two
+product servers start first, one at a time, and their start-up (until /ping answers) is
+reported too; the rest start together after them. Requests carry
 one 28x28 image (the workshop's `dataframe_split` body: 28 rows x 28 columns of raw 0-255
 pixels; for the Keras flavor the normalized tensor `{"inputs": (1, 28, 28, 1)}`) or a batch
 of 64 (64 rows x 784 columns; `{"inputs": (64, 28, 28, 1)}`), sent by one client
@@ -56,13 +61,18 @@ DEFAULT_OUTPUT_PATH = REPO_DIR / "bench" / "results" / "serving.json"
 REGISTERED_MODEL_NAME = "bench_fashion"
 BATCH_SIZE = 64
 SERVER_START_SECONDS = 300
+# The first uv build on a machine downloads TensorFlow (~700 MB); later ones use uv's cache.
+UV_SERVER_START_SECONDS = 900
 TARGET_P50_MS = 5.0
 TARGET_SPEEDUP = 15.0
 
-SERVERS = ("product", "keras_flavor", "predict_pyfunc", "server_floor")
+SERVERS = ("product", "product_uv", "keras_flavor", "predict_pyfunc", "server_floor")
+# Started alone, one after the other, so that their start-up times are their own.
+TIMED_STARTS = ("product", "product_uv")
 FLOORS = ("floor_predict_on_batch", "floor_call")
 LABELS = {
     "product": "product (packaged pyfunc)",
+    "product_uv": "product, --env-manager uv",
     "keras_flavor": "(a) MLflow Keras flavor",
     "predict_pyfunc": "(b) pyfunc with Model.predict",
     "floor_predict_on_batch": "(c) in-process predict_on_batch",
@@ -71,6 +81,7 @@ LABELS = {
 }
 TABLE_ORDER = (
     "product",
+    "product_uv",
     "keras_flavor",
     "predict_pyfunc",
     "floor_predict_on_batch",
@@ -156,7 +167,10 @@ class Server:
     model_uri: str
     port: int
     log_path: Path
+    env_manager: str = "local"
     process: subprocess.Popen | None = None
+    started: float = 0.0
+    start_seconds: float | None = None
 
     @property
     def url(self) -> str:
@@ -227,24 +241,12 @@ def build_product(percentage: float) -> dict[str, str]:
     return {"data": data_uri, "keras_model": keras_model_uri, "product": product_uri}
 
 
-def pinned_requirements() -> list[str]:
-    """What is installed, so MLflow skips inferring requirements in a subprocess."""
-    import keras
-    import mlflow
-    import tensorflow as tf
-
-    return [
-        f"mlflow=={mlflow.__version__}",
-        f"tensorflow=={tf.__version__}",
-        f"keras=={keras.__version__}",
-        f"numpy=={np.__version__}",
-    ]
-
-
 def log_keras_flavor(network: object, example: np.ndarray) -> str:
     """Log the network with MLflow's own Keras flavor (a); return its model URI."""
     import mlflow
     from mlflow.models import infer_signature
+
+    from mlpipe_vision import environment
 
     signature = infer_signature(example, np.asarray(network.predict_on_batch(example)))
     with mlflow.start_run(run_name="bench_keras_flavor"):
@@ -253,7 +255,7 @@ def log_keras_flavor(network: object, example: np.ndarray) -> str:
             network,
             name="keras_flavor",
             signature=signature,
-            pip_requirements=pinned_requirements(),
+            pip_requirements=environment.pinned_requirements(environment.KERAS_MODEL_DISTRIBUTIONS),
         )
     return info.model_uri
 
@@ -269,7 +271,7 @@ def log_code_pyfunc(name: str, code: str, product_dir: Path, work_dir: Path) -> 
     """
     import mlflow
 
-    from mlpipe_vision import packaging
+    from mlpipe_vision import environment, packaging
 
     code_path = work_dir / f"{name}_model.py"
     code_path.write_text(code)
@@ -284,7 +286,9 @@ def log_code_pyfunc(name: str, code: str, product_dir: Path, work_dir: Path) -> 
             },
             code_paths=[str(packaging.MLPIPE_DIR)],
             signature=packaging.output_signature(meta["class_names"]),
-            pip_requirements=pinned_requirements(),
+            pip_requirements=environment.pinned_requirements(
+                environment.PACKAGED_MODEL_DISTRIBUTIONS
+            ),
         )
     return info.model_uri
 
@@ -322,7 +326,8 @@ def server_environment(tracking_uri: str) -> dict[str, str]:
 def start_server(server: Server, environment: dict[str, str]) -> None:
     """Start `mlflow models serve` in its own process group, logging to `server.log_path`."""
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", server.model_uri]
-    command += ["-p", str(server.port), "--env-manager", "local"]
+    command += ["-p", str(server.port), "--env-manager", server.env_manager]
+    server.started = time.monotonic()
     with open(server.log_path, "w") as log:
         server.process = subprocess.Popen(
             command,
@@ -347,6 +352,7 @@ def wait_until_ready(servers: list[Server], timeout_seconds: float) -> None:
                 raise RuntimeError(f"{server.name} server exited:\n{tail(server.log_path)}")
             with contextlib.suppress(requests.ConnectionError, requests.Timeout):
                 if requests.get(f"{server.url}/ping", timeout=2).status_code == 200:
+                    server.start_seconds = time.monotonic() - server.started
                     waiting.remove(server)
         if waiting and time.monotonic() > deadline:
             names = ", ".join(server.name for server in waiting)
@@ -613,7 +619,7 @@ def ratios(summary: dict[str, dict]) -> dict[str, dict]:
         product = summary.get(f"product/{size}/{mode}")
         if product is None:
             continue
-        for other in ("keras_flavor", "predict_pyfunc", "server_floor", *FLOORS):
+        for other in ("product_uv", "keras_flavor", "predict_pyfunc", "server_floor", *FLOORS):
             entry = summary.get(f"{other}/{size}/{mode}")
             if entry is None:
                 continue
@@ -836,19 +842,37 @@ def run_benchmark(arguments: argparse.Namespace, work_dir: Path) -> dict:
     build_seconds = time.perf_counter() - started
     print(f"\nbuilt everything in {build_seconds:.0f} s: {uris}", flush=True)
 
+    uris["product_uv"] = uris["product"]
     servers = {
-        name: Server(name, uris[name], free_port(), work_dir / f"serve_{name}.log")
+        name: Server(
+            name,
+            uris[name],
+            free_port(),
+            work_dir / f"serve_{name}.log",
+            env_manager="uv" if name == "product_uv" else "local",
+        )
         for name in SERVERS
     }
-    environment = server_environment(tracking_uri)
+    # A new folder of environments: the uv server builds its own from the model's files.
+    environment = {**server_environment(tracking_uri), "MLFLOW_ENV_ROOT": str(work_dir / "envs")}
+    untimed = [server for name, server in servers.items() if name not in TIMED_STARTS]
     try:
-        for server in servers.values():
+        for group in ([servers[name]] for name in TIMED_STARTS):
+            start_server(group[0], environment)
+            wait_until_ready(group, UV_SERVER_START_SECONDS)
+        for server in untimed:
             start_server(server, environment)
-        wait_until_ready(list(servers.values()), SERVER_START_SECONDS)
-        print(f"servers up after {time.perf_counter() - started:.0f} s", flush=True)
+        wait_until_ready(untimed, SERVER_START_SECONDS)
+        start_seconds = {name: servers[name].start_seconds for name in TIMED_STARTS}
+        print(
+            f"servers up after {time.perf_counter() - started:.0f} s; start-up "
+            + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in start_seconds.items()),
+            flush=True,
+        )
         pixels, tensors = pixel_bodies(images), tensor_bodies(normalized)
         bodies = {
             "product": pixels,
+            "product_uv": pixels,
             "keras_flavor": tensors,
             "predict_pyfunc": pixels,
             "server_floor": pixels,
@@ -885,6 +909,7 @@ def run_benchmark(arguments: argparse.Namespace, work_dir: Path) -> dict:
             "total_seconds": time.perf_counter() - started,
         },
         "model_uris": uris,
+        "start_seconds": start_seconds,
         "results": summary,
         "ratios": ratio_table,
         "targets": check_targets(summary, ratio_table),
@@ -899,6 +924,8 @@ def main(argv: list[str] | None = None) -> None:
         record = run_benchmark(arguments, work_dir)
     table = markdown_table(record["results"], record["ratios"], record["settings"]["clients"])
     print("\n" + table + "\n")
+    for name, seconds in record["start_seconds"].items():
+        print(f"start-up of {LABELS[name]}: {seconds:.1f} s (until /ping answers)")
     for name, target in record["targets"].items():
         status = "met" if target["met"] else "MISSED"
         ceiling = target.get("ceiling_with_a_do_nothing_model")
