@@ -23,6 +23,7 @@ install: $(VENV)/.installed ## create .venv and install the project with its dev
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 MODEL ?= models:/fashion_mnist_classifier@champion
 PORT ?= 5000
+ENV_MANAGER ?= local
 
 data: ## make sure Fashion-MNIST is on disk (Debian's dataset-fashion-mnist, when apt may)
 	@if [ ! -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null \
@@ -38,8 +39,8 @@ demo: install data ## set up and run the whole pipeline on Fashion-MNIST
 	@echo "Serve the model:  make serve        (in another terminal)"
 	@echo "Ask it:           make predict IMAGE=path/to/drawing.png"
 
-serve: install ## serve the registered model (MODEL=..., PORT=...)
-	$(BIN)/mlflow models serve -m $(MODEL) -p $(PORT) --env-manager local
+serve: install ## serve the registered model (MODEL=..., PORT=..., ENV_MANAGER=local|uv|virtualenv)
+	$(BIN)/mlflow models serve -m $(MODEL) -p $(PORT) --env-manager $(ENV_MANAGER)
 
 predict: install ## send IMAGE=drawing.png to the served model
 	@test -n "$(IMAGE)" || { echo "usage: make predict IMAGE=drawing.png"; exit 2; }
