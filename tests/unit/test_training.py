@@ -28,3 +28,21 @@ def test_metrics_of_probabilities_match_evaluate(num_classes):
     assert set(got) == set(expected)
     for name, value in expected.items():
         assert got[name] == pytest.approx(float(value), rel=1e-5, abs=1e-6), name
+
+
+@pytest.mark.parametrize(
+    ("counts", "expected"),
+    [
+        ((300, 300), None),
+        ((1000, 299), "only 299 training images of class 'b' (fewer than 300 per class)"),
+        ((0, 500), "only 0 training images of class 'a'"),
+    ],
+)
+def test_small_data_warning_names_the_class_with_the_fewest_images(counts, expected):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    warning = training.small_data_warning(labels, ["a", "b"])
+    if expected is None:
+        assert warning is None
+    else:
+        assert expected in warning
+        assert "augment=true" in warning
