@@ -14,6 +14,7 @@ from keras.applications import vgg16
 VGG16_MIN_SIZE = 32
 VGG16_TOP_BLOCK = "block5"
 VGG16_WEIGHTS = ("imagenet", "none")
+BATCH_NORM_MOMENTUM = 0.9
 
 
 def check_convolutions_fit(image_shape: tuple[int, int, int], convolutions: int) -> None:
@@ -70,7 +71,13 @@ def convolution_block(inputs: keras.KerasTensor, filters: int, index: int) -> ke
     hidden = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(
         inputs
     )
-    hidden = keras.layers.BatchNormalization(name=f"{name}_bn")(hidden)
+    # Keras' default momentum (0.99) leaves the moving statistics, which inference uses,
+    # far from the batch statistics for the first few hundred steps: on a few thousand
+    # images validation accuracy lagged training accuracy by 20 points or more. 0.9
+    # follows the batches within a few dozen steps, and full-size data is unaffected.
+    hidden = keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"{name}_bn")(
+        hidden
+    )
     hidden = keras.layers.Activation("relu", name=f"{name}_relu")(hidden)
     return keras.layers.MaxPooling2D(2, name=f"{name}_pool")(hidden)
 
