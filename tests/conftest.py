@@ -108,7 +108,7 @@ def mlflow_run(tracking: dict, entry_point: str, check: bool = True, **parameter
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     completed = subprocess.run(
-        command, cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=1200
+        command, cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=2400
     )
     output = completed.stdout + completed.stderr
     if check and completed.returncode != 0:
