@@ -33,7 +33,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 import mlflow  # noqa: E402
 
 from mlpipe_vision import datasets, lineage, models, preprocessing, stats, training  # noqa: E402
@@ -78,30 +77,8 @@ def run_stage(preprocessed_dir: Path, epochs: int) -> dict:
 def run_baseline(preprocessed_dir: Path, epochs: int) -> dict:
     """The Keras example CNN on the same arrays; its test accuracy and last-epoch metrics."""
     started = time.perf_counter()
-    split_arrays, meta = preprocessing.load_preprocessed(preprocessed_dir)
-    keras.utils.set_random_seed(SEED)
-    network = models.build_keras_example_network(
-        tuple(meta["image_shape"]), len(meta["class_names"])
-    )
-    network.compile(
-        optimizer=keras.optimizers.Adam(0.001),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    history = network.fit(
-        *split_arrays["train"],
-        batch_size=64,
-        epochs=epochs,
-        validation_data=split_arrays["validation"],
-        verbose=0,
-    )
-    _, test_accuracy = network.evaluate(*split_arrays["test"], batch_size=256, verbose=0)
-    return {
-        "test_accuracy": float(test_accuracy),
-        "train_accuracy": history.history["accuracy"][-1],
-        "val_accuracy": history.history["val_accuracy"][-1],
-        "seconds": time.perf_counter() - started,
-    }
+    result = models.fit_keras_example(preprocessed_dir, epochs, seed=SEED)
+    return {**result, "seconds": time.perf_counter() - started}
 
 
 def markdown_table(rows: list[dict]) -> str:

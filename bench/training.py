@@ -43,6 +43,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mlpipe_vision import datasets, lineage, models, preprocessing, stats, training  # noqa: E402
+from mlpipe_vision.images import normalize  # noqa: E402
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT_PATH = REPO_DIR / "bench" / "results" / "training.json"
@@ -108,6 +109,10 @@ def time_bare_keras(
     batch size, arrays in memory, then the test set evaluated; `limit` trains on fewer
     images (for the warm-up)."""
     split_arrays, meta = preprocessing.load_preprocessed(preprocessed_dir)
+    split_arrays = {
+        split: (normalize(pixels, meta["normalization"]), labels)
+        for split, (pixels, labels) in split_arrays.items()
+    }
     x_train, y_train = (array[:limit] for array in split_arrays["train"])
     validation, (x_test, y_test) = split_arrays["validation"], split_arrays["test"]
     started = time.perf_counter()
@@ -146,7 +151,7 @@ def measure_overhead(preprocessed_dir: Path, epochs: int, repeats: int) -> dict:
     each side's fixed seconds (wall time minus its epochs) show where a difference comes
     from.
     """
-    train_count = len(np.load(preprocessed_dir / "train_labels.npy"))
+    train_count = preprocessing.read_preprocessed_meta(preprocessed_dir)["counts"]["train"]
     # Untimed: TensorFlow's one-off start-up, and the tracking store's tables, which a
     # pipeline creates once in get_data, not in every train run.
     time_bare_keras(preprocessed_dir, 1, limit=512)

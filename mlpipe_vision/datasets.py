@@ -1,27 +1,33 @@
 """Datasets: where they come from, how they are checked, and the `dataset/` artifact.
 
-Every dataset ends up as the same thing: uint8 images of shape (N, H, W, C), integer
-labels, class names, and a record of where each source file came from and whether its
-SHA-256 matched the official one. `run_get_data` at the bottom is the MLflow edge.
+Every dataset ends up as the same thing: a `dataset/` folder of uint8 image shards of shape
+(N, H, W, C) with integer labels (see `mlpipe_vision.shards`), and a meta.json with the class
+names and a record of where each source file came from and whether its SHA-256 matched the
+official one. `run_get_data` at the bottom is the MLflow edge.
 """
 
+import contextlib
 import gzip
 import json
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 import numpy as np
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.tracking.context import registry as context_registry
 from tqdm import tqdm
 
-from mlpipe_vision import fetch, images, lineage, splits
+from mlpipe_vision import fetch, images, lineage, shards, splits
 
 DATASET_NAMES = ("mnist", "fashion_mnist", "malaria", "image_dir")
-SPLIT_FILES = {"train": "train.npz", "test": "test.npz"}
 META_FILE = "meta.json"
 
 
@@ -367,7 +373,157 @@ def load_idx_dataset(
     )
 
 
-# --------------------------------------------------------------------- folders of images
+# ------------------------------------------------------------------- the dataset/ artifact
+#
+# Every loader ends in `write_*` functions that put a `dataset/` folder on disk: meta.json and
+# each split as uint8 shards (see `mlpipe_vision.shards`), each split in a seeded random
+# order. Folders of images and TFDS are decoded and fitted chunk by chunk, so memory stays
+# flat however many images there are; IDX datasets are small and fixed and are read whole.
+
+CHUNK_IMAGES = 256
+
+
+def dataset_meta(
+    name: str,
+    class_names: list[str],
+    image_shape: tuple[int, ...],
+    source: str,
+    files: list[dict],
+    split_shards: dict[str, list[dict]],
+    **details: object,
+) -> dict:
+    """The meta.json of a `dataset/` folder."""
+    return {
+        "dataset": name,
+        "class_names": list(class_names),
+        "image_shape": [int(size) for size in image_shape],
+        "source": source,
+        "verified": bool(files) and all(record["verified"] for record in files),
+        "counts": {
+            split: sum(s["count"] for s in records) for split, records in split_shards.items()
+        },
+        "format": shards.FORMAT,
+        "shards": split_shards,
+        "files": files,
+        **details,
+    }
+
+
+def save_dataset(dataset: Dataset, dataset_dir: Path, seed: int = 42) -> dict:
+    """Write an in-memory dataset as a `dataset/` folder, each split in a seeded random order.
+
+    Returns:
+        The meta.json record.
+    """
+    rng = np.random.default_rng(seed)
+    split_shards = {}
+    for split, images_, labels in (
+        ("train", dataset.train_images, dataset.train_labels),
+        ("test", dataset.test_images, dataset.test_labels),
+    ):
+        order = rng.permutation(len(labels))
+        split_shards[split] = shards.write_split(dataset_dir, split, images_[order], labels[order])
+    meta = dataset_meta(
+        dataset.name,
+        dataset.class_names,
+        dataset.image_shape,
+        dataset.source,
+        dataset.files,
+        split_shards,
+        **dataset.details,
+    )
+    (dataset_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def read_meta(dataset_dir: Path) -> dict:
+    """Read a `dataset/` or `preprocessed/` folder's meta.json and check it lists shards."""
+    meta = json.loads((Path(dataset_dir) / META_FILE).read_text())
+    for split in meta.get("counts", {}):
+        shards.split_shards(meta, split)
+    return meta
+
+
+def read_dataset(dataset_dir: Path) -> Dataset:
+    """Read a whole `dataset/` folder into memory: for small data and tests, not the stages."""
+    meta = read_meta(dataset_dir)
+    train_images, train_labels = shards.read_split(dataset_dir, meta, "train")
+    test_images, test_labels = shards.read_split(dataset_dir, meta, "test")
+    return Dataset(
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        class_names=meta["class_names"],
+        name=meta["dataset"],
+        source=meta["source"],
+        files=meta["files"],
+    )
+
+
+@contextlib.contextmanager
+def open_dataset(data_uri: str) -> Iterator[tuple[Path, dict]]:
+    """Make a `dataset/` URI (or local folder) available on disk: yields (folder, meta).
+
+    A downloaded copy lives in a temporary folder until the `with` block ends.
+    """
+    with tempfile.TemporaryDirectory(prefix="mlpipe_dataset_") as download_dir:
+        dataset_dir = lineage.resolve_artifact_dir(
+            data_uri,
+            META_FILE,
+            "runs:/<get_data_run_id>/dataset from a get_data run",
+            dst_path=download_dir,
+        )
+        yield dataset_dir, read_meta(dataset_dir)
+
+
+class FittedImageWriter:
+    """Fit decoded images to one size and write them as the shards of their split.
+
+    With `channels=None` the images are kept in colour until every image has been seen; if
+    all were grayscale the shards are then rewritten with one channel (a fitted grey image's
+    first channel is exactly its one-channel fit), so no second decoding pass is needed.
+    """
+
+    def __init__(self, dataset_dir: Path, image_size: int, channels: int | None) -> None:
+        if channels not in (None, 1, 3):
+            raise ValueError(f"channels must be 1 or 3 (or empty to decide), got {channels}")
+        self.dataset_dir = dataset_dir
+        self.image_size = image_size
+        self.channels = channels
+        self.all_grayscale = True
+        self.writers: dict[str, shards.ShardWriter] = {}
+        self.class_counts: dict[str, np.ndarray] = {}
+
+    def add(
+        self, split: str, decoded: list[np.ndarray], labels: np.ndarray, pool: ThreadPoolExecutor
+    ) -> None:
+        """Fit one chunk of decoded images of `split` and hand it to that split's shards."""
+        if not decoded:
+            return
+        channels = self.channels or 3
+        if self.channels is None:
+            self.all_grayscale = self.all_grayscale and all(map(images.is_grayscale, decoded))
+        size = self.image_size
+        fitted = np.stack(
+            list(pool.map(lambda i: images.fit_image(i, size, size, channels), decoded))
+        )
+        if split not in self.writers:
+            self.writers[split] = shards.ShardWriter(self.dataset_dir, split, fitted.shape[1:])
+        self.writers[split].add(fitted, labels)
+
+    def close(self) -> tuple[dict[str, list[dict]], int]:
+        """Write the last shards; returns (shard records by split, channels)."""
+        split_shards = {split: writer.close() for split, writer in self.writers.items()}
+        if self.channels is not None or not self.all_grayscale:
+            return split_shards, self.channels or 3
+        for records in split_shards.values():
+            for record in records:
+                path = self.dataset_dir / record["file"]
+                with np.load(path) as data:
+                    gray, labels = data["images"][..., :1], data["labels"]
+                np.savez(path, images=np.ascontiguousarray(gray), labels=labels)
+        return split_shards, 1
 
 
 def _read_image_file(path: Path) -> tuple[np.ndarray | None, str]:
@@ -378,57 +534,11 @@ def _read_image_file(path: Path) -> tuple[np.ndarray | None, str]:
         return None, fetch.sha256_of_bytes(data)
 
 
-def fit_all(
-    decoded: list[np.ndarray], image_size: int, channels: int | None
-) -> tuple[np.ndarray, int]:
-    """Fit decoded images to one square size and channel count.
-
-    Args:
-        decoded: Images as `images.decode_image` returns them.
-        image_size: Side of the square output.
-        channels: 1 or 3, or None to use 1 when every image is grayscale and 3 otherwise.
-
-    Returns:
-        (uint8 array (N, image_size, image_size, channels), channels).
-    """
-    if channels is None:
-        channels = 1 if all(images.is_grayscale(image) for image in decoded) else 3
-    fitted = np.stack(
-        [images.fit_image(image, image_size, image_size, channels) for image in decoded]
-    )
-    return fitted, channels
-
-
-def split_train_test(
-    all_images: np.ndarray, labels: np.ndarray, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Hold out a seeded, stratified test split; returns train images/labels, test images/labels."""
-    train_index, test_index = splits.stratified_split(labels, test_fraction, seed)
-    return all_images[train_index], labels[train_index], all_images[test_index], labels[test_index]
-
-
-def load_image_folder(
-    folder: str,
-    image_size: int = 100,
-    channels: int | None = None,
-    test_fraction: float = 0.2,
-    seed: int = 42,
-) -> Dataset:
-    """Load a folder with one subfolder of images per class (e.g. cell_images/Parasitized).
-
-    Args:
-        folder: The folder.
-        image_size: Images are fitted into image_size x image_size, aspect kept.
-        channels: 1 or 3, or None for 1 when every image is grayscale and 3 otherwise.
-        test_fraction: Share of every class held out as the test split.
-        seed: Seed of the split.
-
-    Returns:
-        The dataset; unreadable files are left out and listed in `details["skipped"]`.
+def list_image_folder(folder: str) -> tuple[list[str], list[Path], np.ndarray]:
+    """The class names, image files and labels of a folder with one subfolder per class.
 
     Raises:
-        ValueError: If the folder is missing, has fewer than two classes with images, or a
-            class has no readable image.
+        ValueError: If the folder is missing or has fewer than two classes with images.
     """
     root = Path(folder)
     if not folder or not root.is_dir():
@@ -455,59 +565,104 @@ def load_image_folder(
     labels = np.concatenate(
         [np.full(len(files), index) for index, files in enumerate(class_files.values())]
     ).astype(np.int64)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        results = list(
-            tqdm(pool.map(_read_image_file, paths), total=len(paths), desc=f"reading {folder}")
-        )
-    readable = np.array([image is not None for image, _ in results])
-    skipped = [str(path) for path, ok in zip(paths, readable, strict=True) if not ok]
-    for index, class_name in enumerate(class_files):
-        if not readable[labels == index].any():
+    return list(class_files), paths, labels
+
+
+def write_image_folder(
+    folder: str,
+    dataset_dir: Path,
+    image_size: int = 100,
+    channels: int | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 42,
+    name: str = "image_dir",
+) -> dict:
+    """Read a folder with one subfolder of images per class (e.g. cell_images/Parasitized).
+
+    The test split is chosen from the labels alone (seeded, stratified), then each split is
+    decoded, fitted into image_size x image_size (aspect kept) and written, CHUNK_IMAGES
+    files at a time, in a seeded random order.
+
+    Returns:
+        The meta.json record; unreadable files are left out and listed under "skipped".
+
+    Raises:
+        ValueError: If the folder is missing, has fewer than two classes with images, or a
+            class has no readable image.
+    """
+    class_names, paths, labels = list_image_folder(folder)
+    root = Path(folder)
+    rng = np.random.default_rng(seed)
+    train_index, test_index = splits.stratified_split(labels, test_fraction, seed)
+    writer = FittedImageWriter(dataset_dir, image_size, channels)
+    records, skipped, readable_per_class = [], [], np.zeros(len(class_names), dtype=np.int64)
+    with (
+        ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool,
+        tqdm(total=len(paths), desc=f"reading {folder}", unit="image") as progress,
+    ):
+        for split, index in (("train", train_index), ("test", test_index)):
+            order = rng.permutation(index)
+            for start in range(0, len(order), CHUNK_IMAGES):
+                chunk = order[start : start + CHUNK_IMAGES]
+                results = list(pool.map(_read_image_file, [paths[i] for i in chunk]))
+                kept = [
+                    i for i, (image, _) in zip(chunk, results, strict=True) if image is not None
+                ]
+                for i, (image, sha256) in zip(chunk, results, strict=True):
+                    if image is None:
+                        skipped.append(str(paths[i]))
+                    else:
+                        records.append(
+                            {
+                                "name": str(paths[i].relative_to(root)),
+                                "sha256": sha256,
+                                "verified": False,
+                            }
+                        )
+                np.add.at(readable_per_class, labels[kept], 1)
+                writer.add(
+                    split, [image for image, _ in results if image is not None], labels[kept], pool
+                )
+                progress.update(len(chunk))
+    for index, class_name in enumerate(class_names):
+        if not readable_per_class[index]:
             raise ValueError(f"no readable image in class folder {root / class_name}")
     if skipped:
         warnings.warn(
             f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}", stacklevel=2
         )
-    decoded = [image for image, _ in results if image is not None]
-    fitted, channels = fit_all(decoded, image_size, channels)
-    labels = labels[readable]
-    records = [
-        {"name": str(path.relative_to(root)), "sha256": sha256, "verified": False}
-        for path, (image, sha256) in zip(paths, results, strict=True)
-        if image is not None
-    ]
-    train_x, train_y, test_x, test_y = split_train_test(fitted, labels, test_fraction, seed)
-    return Dataset(
-        train_images=train_x,
-        train_labels=train_y,
-        test_images=test_x,
-        test_labels=test_y,
-        class_names=list(class_files),
-        name="image_dir",
-        source=str(root.resolve()),
-        files=records,
-        details={"skipped": skipped, "test_fraction": test_fraction, "seed": seed},
+    split_shards, channels = writer.close()
+    meta = dataset_meta(
+        name,
+        class_names,
+        (image_size, image_size, channels),
+        str(root.resolve()),
+        records,
+        split_shards,
+        skipped=skipped,
+        test_fraction=test_fraction,
+        seed=seed,
     )
+    (dataset_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+    return meta
 
 
-def load_tfds_malaria(
+def write_tfds_malaria(
+    dataset_dir: Path,
     data_dir: str = "",
     image_size: int = 100,
     channels: int | None = None,
     test_fraction: float = 0.2,
     seed: int = 42,
-) -> Dataset:
-    """Load the TFDS `malaria` dataset (one `train` split) and hold out a test split.
+) -> dict:
+    """Read the TFDS `malaria` dataset (one `train` split) and hold out a test split.
 
-    Args:
-        data_dir: TFDS data folder ("" for TFDS's default, ~/tensorflow_datasets).
-        image_size: Images are fitted into image_size x image_size, aspect kept.
-        channels: 1 or 3, or None to decide from the images (malaria cells are colour).
-        test_fraction: Share of every class held out as the test split.
-        seed: Seed of the split.
+    The test split is chosen from the labels alone (a first pass that skips decoding the
+    images); the images are then decoded, fitted and written chunk by chunk in TFDS's own
+    order, which TFDS shuffled when it prepared the dataset.
 
     Returns:
-        The dataset.
+        The meta.json record.
 
     Raises:
         ValueError: If TFDS can neither find nor download the dataset.
@@ -517,6 +672,10 @@ def load_tfds_malaria(
     builder = tfds.builder("malaria", data_dir=data_dir or None)
     try:
         builder.download_and_prepare()
+        label_pass = builder.as_dataset(
+            split="train", decoders={"image": tfds.decode.SkipDecoding()}
+        )
+        labels = np.array([int(example["label"]) for example in tfds.as_numpy(label_pass)])
         examples = builder.as_dataset(split="train", as_supervised=True)
     except Exception as error:  # TFDS raises many kinds when offline or on bad data
         raise ValueError(
@@ -524,36 +683,48 @@ def load_tfds_malaria(
             f"({lineage.first_line(error)}). Pass -P data_dir=<TFDS folder that holds it>, or "
             "unzip cell_images.zip and pass -P dataset=image_dir -P source=<.../cell_images>."
         ) from error
-    decoded, labels = [], []
-    total = int(examples.cardinality())  # negative when unknown
-    for image, label in tqdm(
-        tfds.as_numpy(examples), total=total if total > 0 else None, desc="reading malaria"
-    ):
-        decoded.append(image[:, :, 0] if image.shape[-1] == 1 else image)
-        labels.append(int(label))
-    fitted, _ = fit_all(decoded, image_size, channels)
-    labels_array = np.array(labels, dtype=np.int64)
-    train_x, train_y, test_x, test_y = split_train_test(fitted, labels_array, test_fraction, seed)
+    _, test_index = splits.stratified_split(labels, test_fraction, seed)
+    is_test = np.zeros(len(labels), dtype=bool)
+    is_test[test_index] = True
+    writer = FittedImageWriter(dataset_dir, image_size, channels)
+    pending = {"train": ([], []), "test": ([], [])}
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        for position, (image, label) in enumerate(
+            tqdm(tfds.as_numpy(examples), total=len(labels), desc="reading malaria", unit="image")
+        ):
+            split = "test" if is_test[position] else "train"
+            decoded, split_labels = pending[split]
+            decoded.append(image[:, :, 0] if image.shape[-1] == 1 else image)
+            split_labels.append(int(label))
+            if len(decoded) == CHUNK_IMAGES:
+                writer.add(split, decoded, np.array(split_labels), pool)
+                pending[split] = ([], [])
+        for split, (decoded, split_labels) in pending.items():
+            writer.add(split, decoded, np.array(split_labels, dtype=np.int64), pool)
+    split_shards, channels = writer.close()
     # TFDS refuses downloads that do not match these checksums, so they count as verified.
     records = [
         {"name": info.filename or url, "sha256": info.checksum, "verified": True}
         for url, info in (builder.url_infos or {}).items()
     ]
-    return Dataset(
-        train_images=train_x,
-        train_labels=train_y,
-        test_images=test_x,
-        test_labels=test_y,
-        class_names=list(builder.info.features["label"].names),
-        name="malaria",
-        source=f"tfds:malaria:{builder.info.version}",
-        files=records,
-        details={"test_fraction": test_fraction, "seed": seed, "data_dir": data_dir},
+    meta = dataset_meta(
+        "malaria",
+        list(builder.info.features["label"].names),
+        (image_size, image_size, channels),
+        f"tfds:malaria:{builder.info.version}",
+        records,
+        split_shards,
+        test_fraction=test_fraction,
+        seed=seed,
+        data_dir=data_dir,
     )
+    (dataset_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+    return meta
 
 
-def load_dataset(
+def write_dataset(
     dataset: str,
+    dataset_dir: Path,
     source: str = "",
     verify: bool = True,
     image_size: int = 100,
@@ -561,103 +732,55 @@ def load_dataset(
     test_fraction: float = 0.2,
     seed: int = 42,
     data_dir: str = "",
-) -> Dataset:
-    """Load any supported dataset by name.
+) -> dict:
+    """Get any supported dataset by name and write it as a `dataset/` folder.
 
     Args:
         dataset: One of DATASET_NAMES.
+        dataset_dir: The folder to write.
         source: Folder or mirror URL (IDX datasets), or the image folder (image_dir).
         verify: For IDX datasets, refuse files that do not match the official SHA-256.
         image_size: Square size for malaria and image_dir (IDX datasets stay 28x28).
         channels: 1 or 3 for malaria and image_dir; None decides from the images.
         test_fraction: Held-out test share for malaria and image_dir.
-        seed: Seed of that split.
+        seed: Seed of that split and of the stored order.
         data_dir: TFDS data folder for malaria.
 
     Returns:
-        The dataset.
+        The meta.json record.
 
     Raises:
         ValueError: For an unknown name (listing the valid ones) or bad data.
     """
     if dataset in IDX_DATASETS:
-        return load_idx_dataset(dataset, source=source, verify=verify)
-    if dataset == "image_dir":
-        return load_image_folder(source, image_size, channels, test_fraction, seed)
+        return save_dataset(
+            load_idx_dataset(dataset, source=source, verify=verify), dataset_dir, seed
+        )
+    if dataset == "image_dir" or (dataset == "malaria" and source):
+        return write_image_folder(
+            source, dataset_dir, image_size, channels, test_fraction, seed, name=dataset
+        )
     if dataset == "malaria":
-        if source:
-            return load_image_folder(source, image_size, channels, test_fraction, seed)
-        return load_tfds_malaria(data_dir, image_size, channels, test_fraction, seed)
+        return write_tfds_malaria(dataset_dir, data_dir, image_size, channels, test_fraction, seed)
     raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASET_NAMES)}")
 
 
-# ------------------------------------------------------------------- the dataset/ artifact
+def dataset_input(meta: dict) -> MetaDataset:
+    """The dataset as an MLflow input record: its name, source and a digest of its files.
 
-
-def save_dataset(dataset: Dataset, dataset_dir: Path) -> None:
-    """Write train.npz, test.npz and meta.json into `dataset_dir`."""
-    dataset_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        dataset_dir / SPLIT_FILES["train"],
-        images=dataset.train_images,
-        labels=dataset.train_labels,
-    )
-    np.savez(
-        dataset_dir / SPLIT_FILES["test"], images=dataset.test_images, labels=dataset.test_labels
-    )
-    meta = {
-        "dataset": dataset.name,
-        "class_names": dataset.class_names,
-        "image_shape": list(dataset.image_shape),
-        "source": dataset.source,
-        "verified": dataset.verified,
-        "counts": {"train": len(dataset.train_labels), "test": len(dataset.test_labels)},
-        "files": dataset.files,
-        **dataset.details,
-    }
-    (dataset_dir / META_FILE).write_text(json.dumps(meta, indent=2))
-
-
-def read_dataset(dataset_dir: Path) -> Dataset:
-    """Read a `dataset/` artifact folder written by `save_dataset`.
-
-    Raises:
-        ValueError: If a split file is missing or unreadable.
+    MLflow's numpy dataset would hash the pixels in memory; the files' checksums identify
+    the data as well without reading it.
     """
-    meta = json.loads((dataset_dir / META_FILE).read_text())
-    arrays = {}
-    for split, file_name in SPLIT_FILES.items():
-        path = dataset_dir / file_name
-        try:
-            with np.load(path) as data:
-                arrays[split] = (data["images"], data["labels"])
-        except (OSError, KeyError, ValueError) as error:
-            raise ValueError(
-                f"{path} is missing or corrupt ({lineage.first_line(error)}); "
-                "rerun get_data to rebuild the dataset"
-            ) from error
-    return Dataset(
-        train_images=arrays["train"][0],
-        train_labels=arrays["train"][1],
-        test_images=arrays["test"][0],
-        test_labels=arrays["test"][1],
-        class_names=meta["class_names"],
-        name=meta["dataset"],
-        source=meta["source"],
-        files=meta["files"],
-    )
-
-
-def load_dataset_uri(data_uri: str) -> Dataset:
-    """Resolve a `dataset/` URI (or local folder) and read it."""
-    with tempfile.TemporaryDirectory(prefix="mlpipe_dataset_") as download_dir:
-        dataset_dir = lineage.resolve_artifact_dir(
-            data_uri,
-            META_FILE,
-            "runs:/<get_data_run_id>/dataset from a get_data run",
-            dst_path=download_dir,
-        )
-        return read_dataset(dataset_dir)
+    digest = fetch.sha256_of_bytes(
+        json.dumps([record["sha256"] for record in meta["files"]]).encode()
+    )[:8]
+    # MLflow resolves paths and URLs as sources; a TFDS name it cannot, so that dataset is
+    # recorded with this run's code as its source instead.
+    if meta["source"].startswith("tfds:"):
+        source = CodeDatasetSource(tags=context_registry.resolve_tags())
+    else:
+        source = resolve_dataset_source(meta["source"])
+    return MetaDataset(source=source, name=meta["dataset"], digest=digest)
 
 
 def run_get_data(
@@ -670,42 +793,44 @@ def run_get_data(
     seed: int = 42,
     data_dir: str = "",
 ) -> str:
-    """The get_data stage: load a dataset, log it as `dataset/`, print the next command.
+    """The get_data stage: get a dataset, log it as `dataset/`, print the next command.
 
-    Args: as `load_dataset`.
+    Args: as `write_dataset`.
 
     Returns:
         The `runs:/<run_id>/dataset` URI.
     """
-    loaded = load_dataset(
-        dataset, source, verify, image_size, channels, test_fraction, seed, data_dir
-    )
-    with lineage.start_stage_run("get_data") as run, tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="mlpipe_get_data_") as tmp:
         dataset_dir = Path(tmp) / "dataset"
-        save_dataset(loaded, dataset_dir)
-        mlflow.log_artifacts(str(dataset_dir), "dataset")
-        mlflow.log_input(
-            mlflow.data.from_numpy(
-                features=loaded.train_images,
-                targets=loaded.train_labels,
-                name=loaded.name,
-                # MLflow resolves paths and URLs as sources; a TFDS name it cannot, so that
-                # dataset is recorded with this run's code as its source instead.
-                source=None if loaded.source.startswith("tfds:") else loaded.source,
-            ),
-            context="train",
+        meta = write_dataset(
+            dataset,
+            dataset_dir,
+            source,
+            verify,
+            image_size,
+            channels,
+            test_fraction,
+            seed,
+            data_dir,
         )
-        mlflow.set_tags(
-            {"mlpipe.dataset": loaded.name, "mlpipe.verified": str(loaded.verified).lower()}
-        )
-        mlflow.log_metrics(
-            {"train_examples": len(loaded.train_labels), "test_examples": len(loaded.test_labels)}
-        )
-        data_uri = lineage.artifact_uri(run.info.run_id, "dataset")
-    status = "verified" if loaded.verified else "NOT verified against official checksums"
+        with lineage.start_stage_run("get_data") as run:
+            mlflow.log_artifacts(str(dataset_dir), "dataset")
+            mlflow.log_input(dataset_input(meta), context="train")
+            mlflow.set_tags(
+                {
+                    "mlpipe.dataset": meta["dataset"],
+                    "mlpipe.verified": str(meta["verified"]).lower(),
+                }
+            )
+            mlflow.log_metrics(
+                {"train_examples": meta["counts"]["train"], "test_examples": meta["counts"]["test"]}
+            )
+            data_uri = lineage.artifact_uri(run.info.run_id, "dataset")
+    status = "verified" if meta["verified"] else "NOT verified against official checksums"
     print(
-        f"\n{loaded.name}: {len(loaded.train_labels)} train / {len(loaded.test_labels)} test "
-        f"images of shape {loaded.image_shape}, {len(loaded.class_names)} classes ({status})"
+        f"\n{meta['dataset']}: {meta['counts']['train']} train / {meta['counts']['test']} test "
+        f"images of shape {tuple(meta['image_shape'])}, {len(meta['class_names'])} classes "
+        f"({status})"
     )
     print(f"dataset URI: {data_uri}")
     print("next: " + lineage.next_command("explore_data", data=data_uri))

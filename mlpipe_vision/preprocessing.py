@@ -1,7 +1,9 @@
 """Normalization and splits: the preprocess stage.
 
-Training data goes through `mlpipe_vision.images.normalize` here, and served requests go through
-the same function inside the packaged model.
+The stage chooses the splits from the labels, copies their uint8 images as shards and
+records the normalization in meta.json; training applies it on the fly with
+`mlpipe_vision.images.normalize`, and served requests go through the same function inside the
+packaged model.
 """
 
 import json
@@ -11,8 +13,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from mlpipe_vision import datasets, lineage, splits, stats
-from mlpipe_vision.images import normalize
+from mlpipe_vision import datasets, lineage, shards, splits, stats
 
 NORMALIZATION_FILE = "normalization.json"
 PREPROCESSED_SPLITS = ("train", "validation", "test")
@@ -52,7 +53,8 @@ def normalization_from_stats(stats_record: dict, channels: int) -> dict:
 
 
 def resolve_normalization(
-    dataset: datasets.Dataset,
+    dataset_dir: Path,
+    meta: dict,
     mean: float | None,
     std: float | None,
     stats_uri: str,
@@ -66,35 +68,97 @@ def resolve_normalization(
     Raises:
         ValueError: If only one of mean and std is given.
     """
-    channels = dataset.image_shape[-1]
+    channels = int(meta["image_shape"][-1])
     if (mean is None) != (std is None):
         raise ValueError(f"give both mean and std or neither; got mean={mean}, std={std}")
     if mean is not None:
         return make_normalization(mean, std, channels), "explicit"
     if stats_uri:
         return normalization_from_stats(stats.read_stats(stats_uri), channels), stats_uri
-    computed = stats.pixel_stats(dataset.train_images)
+    histogram = stats.scan_train_split(dataset_dir, meta, per_class=0)[0]
+    computed = stats.stats_of_histogram(histogram)
     return normalization_from_stats({"train_pixels": computed}, channels), "computed"
 
 
-def make_splits(
-    dataset: datasets.Dataset, validation_fraction: float, percentage: float, seed: int
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def choose_splits(
+    train_labels: np.ndarray,
+    test_labels: np.ndarray,
+    validation_fraction: float,
+    percentage: float,
+    seed: int,
+) -> dict[str, tuple[str, np.ndarray]]:
     """Keep a stratified percentage of both splits and cut validation from train only.
 
+    Chosen from the labels alone, so no image is read.
+
     Returns:
-        {"train": (images, labels), "validation": ..., "test": ...}, images still uint8.
+        {"train": ("train", indices), "validation": ("train", indices), "test": ("test",
+        indices)}: for each output split, the dataset split it comes from and the sorted
+        positions in it.
     """
-    train_subset = splits.stratified_subset(dataset.train_labels, percentage, seed)
-    test_subset = splits.stratified_subset(dataset.test_labels, percentage, seed)
-    train_images = dataset.train_images[train_subset]
-    train_labels = dataset.train_labels[train_subset]
-    keep, validation = splits.stratified_split(train_labels, validation_fraction, seed)
+    train_subset = splits.stratified_subset(train_labels, percentage, seed)
+    test_subset = splits.stratified_subset(test_labels, percentage, seed)
+    keep, validation = splits.stratified_split(
+        train_labels[train_subset], validation_fraction, seed
+    )
     return {
-        "train": (train_images[keep], train_labels[keep]),
-        "validation": (train_images[validation], train_labels[validation]),
-        "test": (dataset.test_images[test_subset], dataset.test_labels[test_subset]),
+        "train": ("train", train_subset[keep]),
+        "validation": ("train", train_subset[validation]),
+        "test": ("test", test_subset),
     }
+
+
+def preprocessed_meta(
+    dataset_meta: dict, normalization: dict, split_shards: dict[str, list[dict]]
+) -> dict:
+    """The meta.json of a `preprocessed/` folder."""
+    return {
+        "dataset": dataset_meta["dataset"],
+        "class_names": list(dataset_meta["class_names"]),
+        "image_shape": list(dataset_meta["image_shape"]),
+        "normalization": normalization,
+        "counts": {
+            split: sum(s["count"] for s in records) for split, records in split_shards.items()
+        },
+        "format": shards.FORMAT,
+        "shards": split_shards,
+    }
+
+
+def write_splits(
+    dataset_dir: Path,
+    meta: dict,
+    chosen: dict[str, tuple[str, np.ndarray]],
+    normalization: dict,
+    preprocessed_dir: Path,
+) -> dict:
+    """Copy the chosen images of every split into `preprocessed_dir`, one shard at a time.
+
+    Pixels stay uint8 (training normalizes on the fly with meta.json's normalization), so
+    the artifact is never larger than the dataset's pixels.
+
+    Returns:
+        The meta.json record, also written.
+    """
+    image_shape = tuple(int(size) for size in meta["image_shape"])
+    writers = {split: shards.ShardWriter(preprocessed_dir, split, image_shape) for split in chosen}
+    for source_split in ("train", "test"):
+        wanted = {
+            split: indices for split, (source, indices) in chosen.items() if source == source_split
+        }
+        start = 0
+        for images, labels in shards.iterate(dataset_dir, meta, source_split):
+            end = start + len(labels)
+            for split, indices in wanted.items():
+                here = indices[np.searchsorted(indices, start) : np.searchsorted(indices, end)]
+                if len(here):
+                    writers[split].add(images[here - start], labels[here - start])
+            start = end
+    result = preprocessed_meta(
+        meta, normalization, {split: writer.close() for split, writer in writers.items()}
+    )
+    (preprocessed_dir / "meta.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
 def save_preprocessed(
@@ -102,40 +166,65 @@ def save_preprocessed(
     normalization: dict,
     dataset: datasets.Dataset,
     preprocessed_dir: Path,
-) -> None:
-    """Write normalized float32 splits as .npy files (memory-mappable) plus meta.json."""
-    preprocessed_dir.mkdir(parents=True, exist_ok=True)
-    for split, (images, labels) in split_arrays.items():
-        np.save(preprocessed_dir / f"{split}_images.npy", normalize(images, normalization))
-        np.save(preprocessed_dir / f"{split}_labels.npy", labels.astype(np.int64))
+) -> dict:
+    """Write in-memory uint8 splits as a `preprocessed/` folder (for tests and benchmarks)."""
+    split_shards = {
+        split: shards.write_split(preprocessed_dir, split, images, labels)
+        for split, (images, labels) in split_arrays.items()
+    }
     meta = {
         "dataset": dataset.name,
         "class_names": dataset.class_names,
-        "image_shape": list(dataset.image_shape),
-        "normalization": normalization,
-        "counts": {split: int(len(labels)) for split, (_, labels) in split_arrays.items()},
+        "image_shape": dataset.image_shape,
     }
-    (preprocessed_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    result = preprocessed_meta(meta, normalization, split_shards)
+    (preprocessed_dir / "meta.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def make_splits(
+    dataset: datasets.Dataset, validation_fraction: float, percentage: float, seed: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`choose_splits` on an in-memory dataset: {"train": (images, labels), ...}, uint8."""
+    arrays = {
+        "train": (dataset.train_images, dataset.train_labels),
+        "test": (dataset.test_images, dataset.test_labels),
+    }
+    chosen = choose_splits(
+        dataset.train_labels, dataset.test_labels, validation_fraction, percentage, seed
+    )
+    return {
+        split: (arrays[source][0][indices], arrays[source][1][indices])
+        for split, (source, indices) in chosen.items()
+    }
+
+
+def read_preprocessed_meta(preprocessed_dir: Path) -> dict:
+    """Read a `preprocessed/` folder's meta.json and check that it lists every split.
+
+    Raises:
+        ValueError: If meta.json is missing or lists no shards (an older artifact).
+    """
+    try:
+        meta = json.loads((Path(preprocessed_dir) / "meta.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"{preprocessed_dir} has no readable meta.json ({lineage.first_line(error)}); "
+            "rerun preprocess"
+        ) from error
+    for split in PREPROCESSED_SPLITS:
+        shards.split_shards(meta, split)
+    return meta
 
 
 def load_preprocessed(
     preprocessed_dir: Path,
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
-    """Read the splits and meta.json written by `save_preprocessed`."""
-    meta = json.loads((preprocessed_dir / "meta.json").read_text())
-    split_arrays = {}
-    for split in PREPROCESSED_SPLITS:
-        try:
-            split_arrays[split] = (
-                np.load(preprocessed_dir / f"{split}_images.npy"),
-                np.load(preprocessed_dir / f"{split}_labels.npy"),
-            )
-        except (OSError, ValueError) as error:
-            raise ValueError(
-                f"{preprocessed_dir} has no readable {split} split ({lineage.first_line(error)}); "
-                "rerun preprocess"
-            ) from error
-    return split_arrays, meta
+    """Read a whole `preprocessed/` folder into memory (uint8): for tests and benchmarks."""
+    meta = read_preprocessed_meta(preprocessed_dir)
+    return {
+        split: shards.read_split(preprocessed_dir, meta, split) for split in PREPROCESSED_SPLITS
+    }, meta
 
 
 def run_preprocess(
@@ -147,7 +236,7 @@ def run_preprocess(
     percentage: float = 100.0,
     seed: int = 42,
 ) -> str:
-    """The preprocess stage: normalize, split off validation, log `preprocessed/`.
+    """The preprocess stage: choose splits, record the normalization, log `preprocessed/`.
 
     Args:
         data: URI of a get_data run's `dataset/`.
@@ -161,23 +250,29 @@ def run_preprocess(
     Returns:
         The `runs:/<run_id>/preprocessed` URI.
     """
-    dataset = datasets.load_dataset_uri(data)
-    normalization, origin = resolve_normalization(dataset, mean, std, stats)
-    split_arrays = make_splits(dataset, validation_fraction, percentage, seed)
     with (
-        lineage.start_stage_run("preprocess", input_uri=data) as run,
-        tempfile.TemporaryDirectory() as tmp,
+        datasets.open_dataset(data) as (dataset_dir, dataset_meta),
+        tempfile.TemporaryDirectory(prefix="mlpipe_preprocess_") as tmp,
     ):
-        preprocessed_dir = Path(tmp) / "preprocessed"
-        save_preprocessed(split_arrays, normalization, dataset, preprocessed_dir)
-        mlflow.log_artifacts(str(preprocessed_dir), "preprocessed")
-        mlflow.log_dict(normalization, NORMALIZATION_FILE)
-        mlflow.set_tag("mlpipe.normalization_from", origin)
-        mlflow.log_metrics(
-            {f"{split}_examples": len(labels) for split, (_, labels) in split_arrays.items()}
+        normalization, origin = resolve_normalization(dataset_dir, dataset_meta, mean, std, stats)
+        chosen = choose_splits(
+            shards.read_labels(dataset_dir, dataset_meta, "train"),
+            shards.read_labels(dataset_dir, dataset_meta, "test"),
+            validation_fraction,
+            percentage,
+            seed,
         )
-        preprocessed_uri = lineage.artifact_uri(run.info.run_id, "preprocessed")
-    counts = ", ".join(f"{len(labels)} {split}" for split, (_, labels) in split_arrays.items())
+        preprocessed_dir = Path(tmp) / "preprocessed"
+        meta = write_splits(dataset_dir, dataset_meta, chosen, normalization, preprocessed_dir)
+        with lineage.start_stage_run("preprocess", input_uri=data) as run:
+            mlflow.log_artifacts(str(preprocessed_dir), "preprocessed")
+            mlflow.log_dict(normalization, NORMALIZATION_FILE)
+            mlflow.set_tag("mlpipe.normalization_from", origin)
+            mlflow.log_metrics(
+                {f"{split}_examples": count for split, count in meta["counts"].items()}
+            )
+            preprocessed_uri = lineage.artifact_uri(run.info.run_id, "preprocessed")
+    counts = ", ".join(f"{count} {split}" for split, count in meta["counts"].items())
     print(f"\n{counts}; normalization mean {normalization['mean']}, std {normalization['std']}")
     print(f"preprocessed URI: {preprocessed_uri}")
     print("next: " + lineage.next_command("train", data=preprocessed_uri))

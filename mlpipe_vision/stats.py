@@ -1,7 +1,10 @@
 """Dataset statistics and the plots people look at before training.
 
-`compute_stats` is pure; `run_explore` is the MLflow edge of the explore_data stage.
+Statistics come from one pass over the train shards (pixel histograms add up chunk by chunk);
+`run_explore` is the MLflow edge of the explore_data stage.
 """
+
+from pathlib import Path
 
 import matplotlib
 
@@ -9,38 +12,62 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
-from mlpipe_vision import datasets, lineage  # noqa: E402
+from mlpipe_vision import datasets, lineage, shards  # noqa: E402
 
 STATS_FILE = "stats.json"
 
 
-def pixel_stats(images: np.ndarray) -> dict:
+def pixel_histogram(images: np.ndarray) -> np.ndarray:
+    """Counts of each pixel value 0-255 per channel: int64 array (C, 256).
+
+    Histograms of chunks add up to the histogram of the whole, so statistics of a dataset
+    of any size come from one pass over its shards.
+    """
+    return np.stack(
+        [
+            np.bincount(images[..., channel].ravel(), minlength=256)
+            for channel in range(images.shape[-1])
+        ]
+    ).astype(np.int64)
+
+
+def stats_of_histogram(histogram: np.ndarray) -> dict:
     """Mean, std, min and max of pixel values (0-255), overall and per channel.
 
     Args:
-        images: uint8 array (N, H, W, C).
+        histogram: Counts per channel and value, (C, 256), as `pixel_histogram` returns.
 
     Returns:
         {"mean", "std", "min", "max"} as floats, plus lists per channel under
         "per_channel" when C > 1.
     """
-    values = images.astype(np.float64)
-    result = {
-        "mean": float(values.mean()),
-        "std": float(values.std()),
-        "min": float(values.min()),
-        "max": float(values.max()),
-    }
-    if images.shape[-1] > 1:
-        axes = tuple(range(images.ndim - 1))
+    values = np.arange(256, dtype=np.float64)
+
+    def summary(counts: np.ndarray) -> dict:
+        total = counts.sum()
+        mean = float((counts * values).sum() / total)
+        present = np.flatnonzero(counts)
+        return {
+            "mean": mean,
+            "std": float(np.sqrt((counts * (values - mean) ** 2).sum() / total)),
+            "min": float(present[0]),
+            "max": float(present[-1]),
+        }
+
+    result = summary(histogram.sum(axis=0))
+    if len(histogram) > 1:
+        channels = [summary(counts) for counts in histogram]
         result["per_channel"] = {
-            "mean": values.mean(axis=axes).tolist(),
-            "std": values.std(axis=axes).tolist(),
-            "min": values.min(axis=axes).tolist(),
-            "max": values.max(axis=axes).tolist(),
+            key: [c[key] for c in channels] for key in ("mean", "std", "min", "max")
         }
     return result
+
+
+def pixel_stats(images: np.ndarray) -> dict:
+    """`stats_of_histogram` of uint8 images (N, H, W, C) in memory."""
+    return stats_of_histogram(pixel_histogram(images))
 
 
 def class_counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
@@ -49,20 +76,59 @@ def class_counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
     return {name: int(count) for name, count in zip(class_names, counts, strict=True)}
 
 
-def compute_stats(dataset: datasets.Dataset) -> dict:
-    """Counts and class balance per split, pixel statistics of the train split."""
+def scan_train_split(
+    dataset_dir: Path, meta: dict, per_class: int = 8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass over the train shards: the pixel histogram and the first images of each class.
+
+    Returns:
+        (histogram (C, 256), sample images, their labels).
+    """
+    class_total = len(meta["class_names"])
+    histogram = None
+    sample_images, sample_labels = [], []
+    taken = np.zeros(class_total, dtype=np.int64)
+    for images, labels in tqdm(
+        shards.iterate(dataset_dir, meta, "train"),
+        total=len(shards.split_shards(meta, "train")),
+        desc="scanning train",
+        unit="shard",
+    ):
+        chunk = pixel_histogram(images)
+        histogram = chunk if histogram is None else histogram + chunk
+        for index, label in enumerate(labels if (taken < per_class).any() else ()):
+            if taken[label] < per_class:
+                taken[label] += 1
+                sample_images.append(images[index])
+                sample_labels.append(label)
+    return histogram, np.array(sample_images), np.array(sample_labels, dtype=np.int64)
+
+
+def compute_stats(dataset_dir: Path, meta: dict, histogram: np.ndarray | None = None) -> dict:
+    """Counts and class balance per split, pixel statistics of the train split.
+
+    Args:
+        dataset_dir: A `dataset/` folder.
+        meta: Its meta.json.
+        histogram: The train split's pixel histogram if already scanned, else it is scanned.
+    """
+    if histogram is None:
+        histogram = scan_train_split(dataset_dir, meta, per_class=0)[0]
+    class_names = meta["class_names"]
     return {
-        "dataset": dataset.name,
-        "image_shape": list(dataset.image_shape),
-        "class_names": dataset.class_names,
+        "dataset": meta["dataset"],
+        "image_shape": list(meta["image_shape"]),
+        "class_names": class_names,
         "splits": {
             split: {
-                "count": int(len(labels)),
-                "class_counts": class_counts(labels, dataset.class_names),
+                "count": int(meta["counts"][split]),
+                "class_counts": class_counts(
+                    shards.read_labels(dataset_dir, meta, split), class_names
+                ),
             }
-            for split, labels in (("train", dataset.train_labels), ("test", dataset.test_labels))
+            for split in ("train", "test")
         },
-        "train_pixels": pixel_stats(dataset.train_images),
+        "train_pixels": stats_of_histogram(histogram),
     }
 
 
@@ -103,12 +169,11 @@ def plot_class_balance(stats: dict) -> plt.Figure:
     return figure
 
 
-def plot_pixel_histogram(images: np.ndarray) -> plt.Figure:
+def plot_pixel_histogram(histogram: np.ndarray) -> plt.Figure:
     """Histogram of pixel values in the train split, one line per channel."""
     figure, axis = plt.subplots(figsize=(6, 4))
-    channel_names = ["gray"] if images.shape[-1] == 1 else ["red", "green", "blue"]
-    for channel, name in enumerate(channel_names):
-        counts = np.bincount(images[..., channel].ravel(), minlength=256)
+    channel_names = ["gray"] if len(histogram) == 1 else ["red", "green", "blue"]
+    for counts, name in zip(histogram, channel_names, strict=True):
         axis.plot(np.arange(256), counts, label=name, color=name if name != "gray" else "black")
     axis.set_yscale("log")
     axis.set_xlabel("pixel value")
@@ -128,18 +193,17 @@ def run_explore(data: str) -> dict:
     Returns:
         The statistics.
     """
-    dataset = datasets.load_dataset_uri(data)
-    stats = compute_stats(dataset)
+    with datasets.open_dataset(data) as (dataset_dir, meta):
+        histogram, sample_images, sample_labels = scan_train_split(dataset_dir, meta)
+        stats = compute_stats(dataset_dir, meta, histogram)
     with lineage.start_stage_run("explore_data", input_uri=data) as run:
         mlflow.log_dict(stats, STATS_FILE)
         pixels = stats["train_pixels"]
         mlflow.log_metrics({"mean": pixels["mean"], "std": pixels["std"]})
         figures = {
-            "plots/samples.png": plot_samples(
-                dataset.train_images, dataset.train_labels, dataset.class_names
-            ),
+            "plots/samples.png": plot_samples(sample_images, sample_labels, meta["class_names"]),
             "plots/class_balance.png": plot_class_balance(stats),
-            "plots/pixel_histogram.png": plot_pixel_histogram(dataset.train_images),
+            "plots/pixel_histogram.png": plot_pixel_histogram(histogram),
         }
         for artifact_file, figure in figures.items():
             mlflow.log_figure(figure, artifact_file)

@@ -560,7 +560,8 @@ def run_sweep(
         raise ValueError(f"the TPE sampler needs n_trials of at least 1, got {n_trials}")
     if n_trials < 0 or workers < 1:
         raise ValueError(f"n_trials must be >= 0 and workers >= 1, got {n_trials}, {workers}")
-    lineage.resolve_artifact_dir(data, training.REQUIRED_FILE, training.PRODUCED_BY)
+    with training.open_preprocessed(data):
+        pass  # a URI without preprocessed data fails here, before the study is opened
     study_name = study_name or default_study_name(data, search_space, sampler, metric, direction)
     study_storage = study_storage or default_study_storage(study_name)
     study = open_study(study_name, study_storage, direction)

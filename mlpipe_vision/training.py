@@ -5,11 +5,14 @@ that reads a `preprocessed/` artifact, trains, and logs metrics, plots and the m
 """
 
 import contextlib
+import itertools
 import math
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import matplotlib
 
@@ -22,12 +25,13 @@ import tensorflow as tf  # noqa: E402
 from mlflow.models import infer_signature  # noqa: E402
 from mlflow.models.model import ModelInfo  # noqa: E402
 
-from mlpipe_vision import environment, lineage, models, preprocessing  # noqa: E402
+from mlpipe_vision import environment, lineage, models, preprocessing, shards  # noqa: E402
+from mlpipe_vision.images import normalize  # noqa: E402
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 MIXED_PRECISION_CHOICES = ("auto", "true", "false")
 MODEL_ARTIFACT = "model"
-REQUIRED_FILE = "train_images.npy"
+REQUIRED_FILE = "meta.json"
 PRODUCED_BY = "runs:/<preprocess_run_id>/preprocessed from a preprocess run"
 # Fine-tuning VGG16's top block at the full rate would wreck its pretrained filters.
 FINE_TUNE_RATE_FACTOR = 0.1
@@ -184,41 +188,58 @@ def build_augmentation(names: tuple[str, ...], seed: int) -> keras.Sequential:
 
 
 def make_dataset(
-    images: np.ndarray,
-    labels: np.ndarray,
+    folder: Path,
+    meta: dict,
+    split: str,
     num_classes: int,
     batch_size: int,
     shuffle_seed: int | None = None,
     augmentation: keras.Sequential | None = None,
 ) -> tf.data.Dataset:
-    """A tf.data pipeline of (images, one-hot labels) batches.
+    """A tf.data pipeline of (normalized images, one-hot labels) batches, streamed from shards.
+
+    A generator reads the split's uint8 shards one at a time (`shards.batches`) and
+    normalizes each batch with `images.normalize` and meta.json's normalization, the same
+    function and values the served model applies, so memory does not grow with the data.
 
     Args:
-        images: Normalized float32 images (N, H, W, C).
-        labels: Integer labels (N,).
+        folder: A `preprocessed/` folder.
+        meta: Its meta.json.
+        split: "train", "validation" or "test".
         num_classes: Width of the one-hot labels.
         batch_size: Batch size.
-        shuffle_seed: Shuffle the whole split anew every epoch with this seed (training);
-            None keeps the order (evaluation).
+        shuffle_seed: Shuffle anew every epoch, from this seed and the epoch number
+            (training); None keeps the stored order (evaluation).
         augmentation: Layers applied to each training batch, or None.
 
     Returns:
-        The dataset, prefetching. Evaluation datasets are cached after batching, as they are
-        read again every epoch; training data is already an in-memory tensor, so caching it
-        would only copy it.
+        The dataset, prefetching, with its number of batches as cardinality.
     """
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(labels), seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size).map(
+    image_shape = tuple(int(size) for size in meta["image_shape"])
+    normalization = meta["normalization"]
+    epochs = itertools.count()
+
+    def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        rng = None if shuffle_seed is None else np.random.default_rng([shuffle_seed, next(epochs)])
+        for batch_images, batch_labels in shards.batches(folder, meta, split, batch_size, rng):
+            yield normalize(batch_images, normalization), batch_labels
+
+    dataset = tf.data.Dataset.from_generator(
+        generate,
+        output_signature=(
+            tf.TensorSpec((None, *image_shape), tf.float32),
+            tf.TensorSpec((None,), tf.int64),
+        ),
+    )
+    batch_count = math.ceil(int(meta["counts"][split]) / batch_size)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(batch_count))
+    dataset = dataset.map(
         lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE
     )
     if augmentation is not None:
         dataset = dataset.map(
             lambda x, y: (augmentation(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
         )
-    elif shuffle_seed is None:
-        dataset = dataset.cache()
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -412,35 +433,34 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str]) -> plt.Fig
     return figure
 
 
-def plot_misclassified(
-    images: np.ndarray,
-    labels: np.ndarray,
-    probabilities: np.ndarray,
-    class_names: list[str],
-    normalization: dict,
-    limit: int = MISCLASSIFIED_SHOWN,
-) -> plt.Figure:
-    """The most confidently misclassified images, with true and predicted class."""
+def confident_mistakes(
+    labels: np.ndarray, probabilities: np.ndarray, limit: int = MISCLASSIFIED_SHOWN
+) -> np.ndarray:
+    """Positions of the most confidently misclassified examples, most confident first."""
     predictions = probabilities.argmax(axis=1)
     wrong = np.flatnonzero(predictions != labels)
-    wrong = wrong[np.argsort(-probabilities[wrong, predictions[wrong]], kind="stable")][:limit]
+    return wrong[np.argsort(-probabilities[wrong, predictions[wrong]], kind="stable")][:limit]
+
+
+def plot_misclassified(
+    images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, class_names: list[str]
+) -> plt.Figure:
+    """Misclassified images (uint8) with their true class and the predicted one."""
+    predictions = probabilities.argmax(axis=1)
     columns = 5
-    rows = max(1, math.ceil(len(wrong) / columns))
+    rows = max(1, math.ceil(len(labels) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.2, rows * 2.5), squeeze=False)
     for axis in axes.ravel():
         axis.axis("off")
-    mean = np.asarray(normalization["mean"], dtype=np.float32)
-    std = np.asarray(normalization["std"], dtype=np.float32)
-    for axis, index in zip(axes.ravel(), wrong, strict=False):
-        pixels = np.clip(images[index] * std + mean, 0, 255).astype(np.uint8)
+    for axis, pixels, label, predicted, row in zip(
+        axes.ravel(), images, labels, predictions, probabilities, strict=False
+    ):
         axis.imshow(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray")
-        predicted = predictions[index]
         axis.set_title(
-            f"true {class_names[labels[index]]}\npred {class_names[predicted]} "
-            f"({probabilities[index, predicted]:.2f})",
+            f"true {class_names[label]}\npred {class_names[predicted]} ({row[predicted]:.2f})",
             fontsize=8,
         )
-    if not len(wrong):
+    if not len(labels):
         axes[0, 0].set_title("no misclassified test images")
     figure.tight_layout()
     return figure
@@ -533,21 +553,18 @@ def fine_tune(
 
 
 def log_test_results(
-    model: keras.Model,
-    test_images: np.ndarray,
-    test_labels: np.ndarray,
-    class_names: list[str],
-    normalization: dict,
+    model: keras.Model, folder: Path, meta: dict, class_names: list[str]
 ) -> dict[str, float]:
     """Evaluate on the test split; log test_* metrics, the confusion matrix and mistakes.
 
     Returns:
         The test metrics by Keras name (accuracy, loss, ...).
     """
-    test_data = make_dataset(test_images, test_labels, len(class_names), EVALUATION_BATCH_SIZE)
+    test_data = make_dataset(folder, meta, "test", len(class_names), EVALUATION_BATCH_SIZE)
     # One pass over the test set gives the metrics and the pictures (evaluate and then
     # predict would run the network over it twice).
     probabilities = model.predict(test_data, verbose=0)
+    test_labels = shards.read_labels(folder, meta, "test")
     test_metrics = metrics_of_probabilities(test_labels, probabilities)
     mlflow.log_metrics({f"test_{name}": value for name, value in test_metrics.items()})
     matrix = confusion_matrix(test_labels, probabilities.argmax(axis=1), len(class_names))
@@ -555,8 +572,12 @@ def log_test_results(
         {"class_names": class_names, "matrix": matrix.tolist()}, "confusion_matrix.json"
     )
     log_figure(plot_confusion_matrix(matrix, class_names), "plots/confusion_matrix.png")
+    mistakes = confident_mistakes(test_labels, probabilities)
     misclassified = plot_misclassified(
-        test_images, test_labels, probabilities, class_names, normalization
+        shards.read_images(folder, meta, "test", mistakes),
+        test_labels[mistakes],
+        probabilities[mistakes],
+        class_names,
     )
     log_figure(misclassified, "plots/misclassified.png")
     return test_metrics
@@ -585,20 +606,20 @@ def small_data_warning(labels: np.ndarray, class_names: list[str]) -> str | None
     )
 
 
-def load_splits(data: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
-    """Resolve a `preprocessed/` URI (or folder) and read its splits and meta.json.
+@contextlib.contextmanager
+def open_preprocessed(data: str) -> Iterator[tuple[Path, dict]]:
+    """Make a `preprocessed/` URI (or folder) available on disk: yields (folder, meta).
+
+    A downloaded copy lives in a temporary folder until the `with` block ends.
 
     Raises:
         ValueError: If the URI does not hold a preprocessed artifact.
     """
-    # The arrays are read into memory, so the downloaded copy can go right away.
     with tempfile.TemporaryDirectory(prefix="mlpipe_preprocessed_") as download_dir:
         preprocessed_dir = lineage.resolve_artifact_dir(
             data, REQUIRED_FILE, PRODUCED_BY, dst_path=download_dir
         )
-        if not (preprocessed_dir / "meta.json").is_file():
-            raise ValueError(f"{data!r} has no meta.json; expected {PRODUCED_BY}")
-        return preprocessing.load_preprocessed(preprocessed_dir)
+        yield preprocessed_dir, preprocessing.read_preprocessed_meta(preprocessed_dir)
 
 
 def run_train(
@@ -679,96 +700,103 @@ def run_train(
         fine_tune_epochs,
         mixed_precision,
     )
-    split_arrays, meta = load_splits(data)
-    class_names = list(meta["class_names"])
-    image_shape = tuple(int(size) for size in meta["image_shape"])
-    num_classes = len(class_names)
-    strategy, device = configure_devices(mixed_precision)
-    make_reproducible(seed, deterministic_ops=device == "cpu")
-    augmentations = augmentation_names(meta.get("dataset", "")) if augment else ()
-    train_data = make_dataset(
-        *split_arrays["train"],
-        num_classes,
-        batch_size,
-        shuffle_seed=seed,
-        augmentation=build_augmentation(augmentations, seed) if augmentations else None,
-    )
-    validation_data = make_dataset(*split_arrays["validation"], num_classes, EVALUATION_BATCH_SIZE)
-    with strategy.scope():
-        model = models.build_network(
-            image_shape,
+    # The preprocessed shards stay on disk (downloaded if remote) while training streams them.
+    with open_preprocessed(data) as (preprocessed_dir, meta):
+        class_names = list(meta["class_names"])
+        image_shape = tuple(int(size) for size in meta["image_shape"])
+        num_classes = len(class_names)
+        strategy, device = configure_devices(mixed_precision)
+        make_reproducible(seed, deterministic_ops=device == "cpu")
+        augmentations = augmentation_names(meta.get("dataset", "")) if augment else ()
+        train_data = make_dataset(
+            preprocessed_dir,
+            meta,
+            "train",
             num_classes,
-            meta["normalization"],
-            convolutions,
-            conv_filters,
-            dense_units,
-            dropout_rate,
-            weights,
+            batch_size,
+            shuffle_seed=seed,
+            augmentation=build_augmentation(augmentations, seed) if augmentations else None,
         )
-        steps = epochs * int(train_data.cardinality())
-        compile_model(model, optimizer, learning_rate, steps, num_classes)
-    summary = model_summary(model)
-    print(summary)
-    steps_per_epoch = int(train_data.cardinality())
-    warning = small_data_warning(split_arrays["train"][1], class_names)
-
-    started = time.perf_counter()
-    with lineage.start_stage_run("train", input_uri=data) as run:
-        lineage.log_new_params(
-            {
-                **hyperparameters,
-                "network": model.name,
-                "num_classes": num_classes,
-                "image_shape": "x".join(str(size) for size in image_shape),
-                "augmentations": ",".join(augmentations) or "none",
-                "steps_per_epoch": steps_per_epoch,
-                "total_parameters": model.count_params(),
-                "trainable_parameters": sum(int(np.prod(w.shape)) for w in model.trainable_weights),
-                **{f"{split}_examples": len(labels) for split, (_, labels) in split_arrays.items()},
-            }
+        validation_data = make_dataset(
+            preprocessed_dir, meta, "validation", num_classes, EVALUATION_BATCH_SIZE
         )
-        mlflow.set_tags(
-            {
-                "mlpipe.device": device,
-                "mlpipe.dtype_policy": keras.mixed_precision.global_policy().name,
-                "mlpipe.dataset": meta.get("dataset", ""),
-            }
-        )
-        if num_classes == 2:
-            mlflow.set_tag("mlpipe.positive_class", class_names[POSITIVE_CLASS])
-        if warning:
-            mlflow.set_tag("mlpipe.warning", warning)
-        mlflow.log_text(summary, "model_summary.txt")
-
-        history, best_epoch = fit_phase(
-            model, train_data, validation_data, 0, epochs, early_stopping_patience
-        )
-        fine_tune_start = None
-        if fine_tune_epochs:
-            fine_tune_start = len(history["loss"])
-            tuned, best_epoch = fine_tune(
-                model,
-                strategy,
-                train_data,
-                validation_data,
-                optimizer,
-                learning_rate,
+        with strategy.scope():
+            model = models.build_network(
+                image_shape,
                 num_classes,
-                fine_tune_start,
-                fine_tune_epochs,
-                early_stopping_patience,
+                meta["normalization"],
+                convolutions,
+                conv_filters,
+                dense_units,
+                dropout_rate,
+                weights,
             )
-            history = {name: history[name] + tuned[name] for name in history}
-        epochs_run = len(history["loss"])
-        mlflow.log_metric("best_epoch", best_epoch)
-        mlflow.set_tag("mlpipe.training_steps", epochs_run * steps_per_epoch)
-        log_figure(plot_learning_curves(history, fine_tune_start), "plots/learning_curves.png")
-        test_images, test_labels = split_arrays["test"]
-        test_metrics = log_test_results(
-            model, test_images, test_labels, class_names, meta["normalization"]
+            steps = epochs * int(train_data.cardinality())
+            compile_model(model, optimizer, learning_rate, steps, num_classes)
+        summary = model_summary(model)
+        print(summary)
+        steps_per_epoch = int(train_data.cardinality())
+        warning = small_data_warning(
+            shards.read_labels(preprocessed_dir, meta, "train"), class_names
         )
-        log_keras_model(model, test_images[:2])
-        run_id = run.info.run_id
+
+        started = time.perf_counter()
+        with lineage.start_stage_run("train", input_uri=data) as run:
+            lineage.log_new_params(
+                {
+                    **hyperparameters,
+                    "network": model.name,
+                    "num_classes": num_classes,
+                    "image_shape": "x".join(str(size) for size in image_shape),
+                    "augmentations": ",".join(augmentations) or "none",
+                    "steps_per_epoch": steps_per_epoch,
+                    "total_parameters": model.count_params(),
+                    "trainable_parameters": sum(
+                        int(np.prod(w.shape)) for w in model.trainable_weights
+                    ),
+                    **{f"{split}_examples": count for split, count in meta["counts"].items()},
+                }
+            )
+            mlflow.set_tags(
+                {
+                    "mlpipe.device": device,
+                    "mlpipe.dtype_policy": keras.mixed_precision.global_policy().name,
+                    "mlpipe.dataset": meta.get("dataset", ""),
+                }
+            )
+            if num_classes == 2:
+                mlflow.set_tag("mlpipe.positive_class", class_names[POSITIVE_CLASS])
+            if warning:
+                mlflow.set_tag("mlpipe.warning", warning)
+            mlflow.log_text(summary, "model_summary.txt")
+
+            history, best_epoch = fit_phase(
+                model, train_data, validation_data, 0, epochs, early_stopping_patience
+            )
+            fine_tune_start = None
+            if fine_tune_epochs:
+                fine_tune_start = len(history["loss"])
+                tuned, best_epoch = fine_tune(
+                    model,
+                    strategy,
+                    train_data,
+                    validation_data,
+                    optimizer,
+                    learning_rate,
+                    num_classes,
+                    fine_tune_start,
+                    fine_tune_epochs,
+                    early_stopping_patience,
+                )
+                history = {name: history[name] + tuned[name] for name in history}
+            epochs_run = len(history["loss"])
+            mlflow.log_metric("best_epoch", best_epoch)
+            mlflow.set_tag("mlpipe.training_steps", epochs_run * steps_per_epoch)
+            log_figure(plot_learning_curves(history, fine_tune_start), "plots/learning_curves.png")
+            test_metrics = log_test_results(model, preprocessed_dir, meta, class_names)
+            examples = shards.read_images(preprocessed_dir, meta, "test", np.arange(2))
+            log_keras_model(model, normalize(examples, meta["normalization"]))
+            run_id = run.info.run_id
     model_uri = lineage.artifact_uri(run_id, MODEL_ARTIFACT)
     seconds = time.perf_counter() - started
     shown = ", ".join(f"test {name} {value:.4f}" for name, value in test_metrics.items())

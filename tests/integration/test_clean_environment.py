@@ -20,7 +20,8 @@ import pytest
 import requests
 import yaml
 
-from mlpipe_vision import environment
+from mlpipe_vision import datasets, environment, preprocessing
+from mlpipe_vision.images import normalize
 from tests.conftest import png_bomb, served_model
 
 pytestmark = [
@@ -106,9 +107,8 @@ def test_packaged_model_serves_in_an_environment_built_from_its_own_files(
     use_tracking, packaged, env_root
 ):
     model_dir = packaged["output_dir"]
-    test_path = mlflow.artifacts.download_artifacts(f"{packaged['data_uri']}/test.npz")
-    with np.load(test_path) as test_split:
-        image = test_split["images"][0, :, :, 0]
+    dataset = datasets.read_dataset(Path(mlflow.artifacts.download_artifacts(packaged["data_uri"])))
+    image = dataset.test_images[0, :, :, 0]
     ok, png = cv2.imencode(".png", 255 - image)
     workshop = pd.DataFrame(image.astype(np.int64))
     encoded = pd.DataFrame({"image": [base64.b64encode(png.tobytes()).decode()]})
@@ -154,7 +154,8 @@ def test_keras_flavor_model_serves_in_an_environment_built_from_its_own_files(
     keras_model_uri = f"runs:/{packaged['train_run_id']}/model"
     model_dir = Path(mlflow.artifacts.download_artifacts(keras_model_uri, dst_path=tmp_path))
     preprocessed = Path(mlflow.artifacts.download_artifacts(packaged["preprocessed_uri"]))
-    images = np.load(preprocessed / "test_images.npy")[:4]
+    split_arrays, meta = preprocessing.load_preprocessed(preprocessed)
+    images = normalize(split_arrays["test"][0][:4], meta["normalization"])
     expected = mlflow.keras.load_model(keras_model_uri).predict_on_batch(images)
     env_root = tmp_path / "envs"
     with served_model(

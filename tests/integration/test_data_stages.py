@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from mlflow.artifacts import download_artifacts
 
+from mlpipe_vision import preprocessing
 from tests.conftest import FASHION_MNIST_DIR, mlflow_run
 from tests.unit.test_datasets import make_image_folder
 
@@ -63,8 +64,11 @@ def test_chain_on_a_synthetic_idx_mirror(tracking, use_tracking, idx_mirror_dir)
         f"runs:/{get_data_run.info.run_id}/dataset"
     )
     preprocessed_dir = download_artifacts(f"runs:/{preprocess_run.info.run_id}/preprocessed")
-    assert len(np.load(f"{preprocessed_dir}/validation_labels.npy")) == 60
-    assert len(np.load(f"{preprocessed_dir}/test_labels.npy")) == 100
+    split_arrays, meta = preprocessing.load_preprocessed(Path(preprocessed_dir))
+    assert len(split_arrays["validation"][1]) == 60
+    assert len(split_arrays["test"][1]) == 100
+    assert meta["counts"] == {"train": 540, "validation": 60, "test": 100}
+    assert split_arrays["train"][0].dtype == np.uint8
     normalization = read_json(f"runs:/{preprocess_run.info.run_id}/normalization.json")
     assert normalization["mean"] == [pytest.approx(stats["train_pixels"]["mean"])]
 

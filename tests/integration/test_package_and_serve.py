@@ -14,6 +14,8 @@ import pytest
 import requests
 import yaml
 
+from mlpipe_vision import datasets, preprocessing
+from mlpipe_vision.images import normalize
 from tests.conftest import (
     PACKAGED_MODEL_NAME,
     REPO_DIR,
@@ -53,9 +55,14 @@ def invoke(url: str, body: dict | str) -> requests.Response:
 
 
 def raw_test_images(use_tracking, packaged) -> tuple[np.ndarray, np.ndarray]:
-    path = mlflow.artifacts.download_artifacts(f"{packaged['data_uri']}/test.npz")
-    with np.load(path) as test_split:
-        return test_split["images"], test_split["labels"]
+    dataset = datasets.read_dataset(Path(mlflow.artifacts.download_artifacts(packaged["data_uri"])))
+    return dataset.test_images, dataset.test_labels
+
+
+def normalized_test_images(preprocessed_dir: Path) -> np.ndarray:
+    """The test split of a `preprocessed/` folder as training feeds it to the network."""
+    split_arrays, meta = preprocessing.load_preprocessed(preprocessed_dir)
+    return normalize(split_arrays["test"][0], meta["normalization"])
 
 
 def test_package_registers_a_code_model_with_alias(use_tracking, packaged):
@@ -133,7 +140,7 @@ def test_served_predictions_match_keras_on_preprocessed_data(use_tracking, packa
     images, _ = raw_test_images(use_tracking, packaged)
     network = mlflow.keras.load_model(f"runs:/{packaged['train_run_id']}/model")
     preprocessed_dir = Path(mlflow.artifacts.download_artifacts(packaged["preprocessed_uri"]))
-    preprocessed = np.load(preprocessed_dir / "test_images.npy")
+    preprocessed = normalized_test_images(preprocessed_dir)
     expected = network.predict_on_batch(preprocessed[:16])
     response = invoke(server, {"inputs": images[:16].tolist()})
     assert response.status_code == 200, response.text
@@ -262,7 +269,7 @@ def test_a_mixed_precision_network_from_a_local_folder_packages_and_answers_in_f
     assert served.dtype == np.float64
     trained = mlflow.keras.load_model(keras_model_uri)
     assert trained.get_layer("dense").compute_dtype == "float16"
-    preprocessed = np.load(preprocessed_dir / "test_images.npy")[:16]
+    preprocessed = normalized_test_images(preprocessed_dir)[:16]
     np.testing.assert_allclose(served, trained.predict_on_batch(preprocessed), atol=2e-3)
     np.testing.assert_allclose(served, network.predict_on_batch(preprocessed), atol=1e-6)
 

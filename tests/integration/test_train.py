@@ -145,7 +145,7 @@ def test_a_uri_without_preprocessed_is_refused(tracking, tmp_path):
     (tmp_path / "meta.json").write_text("{}")
     result = mlflow_run(tracking, "train", check=False, data=f"file://{tmp_path}")
     assert result["returncode"] != 0
-    assert "does not hold train_images.npy" in result["output"]
+    assert "does not hold meta.json" in result["output"]
     assert (
         "expected runs:/<preprocess_run_id>/preprocessed from a preprocess run"
         in (result["output"])

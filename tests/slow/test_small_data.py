@@ -10,12 +10,11 @@ import gzip
 from pathlib import Path
 
 import cv2
-import keras
 import mlflow
 import numpy as np
 import pytest
 
-from mlpipe_vision import datasets, models, preprocessing
+from mlpipe_vision import datasets, models
 from tests.conftest import FASHION_MNIST_DIR, mlflow_run
 
 pytestmark = [
@@ -64,20 +63,8 @@ def small_run(tracking, image_folder) -> dict:
 
 def baseline_test_accuracy(preprocessed_uri: str) -> float:
     """The Keras example CNN, trained on the stage's own arrays for the same epochs."""
-    split_arrays, meta = preprocessing.load_preprocessed(
-        Path(mlflow.artifacts.download_artifacts(preprocessed_uri))
-    )
-    keras.utils.set_random_seed(42)
-    network = models.build_keras_example_network(
-        tuple(meta["image_shape"]), len(meta["class_names"])
-    )
-    network.compile(
-        optimizer=keras.optimizers.Adam(0.001),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    network.fit(*split_arrays["train"], batch_size=64, epochs=EPOCHS, verbose=0)
-    return float(network.evaluate(*split_arrays["test"], verbose=0)[1])
+    preprocessed_dir = Path(mlflow.artifacts.download_artifacts(preprocessed_uri))
+    return models.fit_keras_example(preprocessed_dir, EPOCHS)["test_accuracy"]
 
 
 def test_a_few_thousand_images_train_as_well_as_the_keras_example(use_tracking, small_run):

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mlpipe_vision import datasets
+from mlpipe_vision import datasets, shards
 from tests.conftest import idx_bytes, write_idx_mirror
 
 
@@ -185,7 +185,7 @@ def test_no_copy_and_no_network_says_where_it_looked(tmp_path):
 
 def test_unknown_dataset_lists_the_valid_names():
     with pytest.raises(ValueError) as raised:
-        datasets.load_dataset("cifar10")
+        datasets.write_dataset("cifar10", Path("unused"))
     for name in datasets.DATASET_NAMES:
         assert name in str(raised.value)
     assert "'cifar10'" in str(raised.value)
@@ -210,10 +210,17 @@ def make_image_folder(root: Path, colour: bool, per_class: int = 10) -> Path:
     return root
 
 
+def load_image_folder(folder: Path, **kwargs) -> datasets.Dataset:
+    """Write the folder as a `dataset/` next to it and read that back whole."""
+    dataset_dir = folder.parent / f"dataset_{len(list(folder.parent.iterdir()))}"
+    datasets.write_image_folder(str(folder), dataset_dir, **kwargs)
+    return datasets.read_dataset(dataset_dir)
+
+
 @pytest.mark.parametrize(("colour", "channels"), [(False, 1), (True, 3)])
 def test_image_folder_keeps_one_channel_only_when_all_are_gray(tmp_path, colour, channels):
     folder = make_image_folder(tmp_path / "cells", colour)
-    dataset = datasets.load_image_folder(str(folder), image_size=16, test_fraction=0.2, seed=1)
+    dataset = load_image_folder(folder, image_size=16, test_fraction=0.2, seed=1)
     assert dataset.class_names == ["Parasitized", "Uninfected"]
     assert dataset.image_shape == (16, 16, channels)
     assert len(dataset.train_labels) == 16
@@ -223,8 +230,28 @@ def test_image_folder_keeps_one_channel_only_when_all_are_gray(tmp_path, colour,
 
 def test_image_folder_channels_parameter_overrides(tmp_path):
     folder = make_image_folder(tmp_path / "cells", colour=False)
-    dataset = datasets.load_image_folder(str(folder), image_size=16, channels=3)
+    dataset = load_image_folder(folder, image_size=16, channels=3)
     assert dataset.image_shape == (16, 16, 3)
+
+
+def test_gray_folder_decided_after_the_pass_equals_one_channel_asked_for(tmp_path):
+    folder = make_image_folder(tmp_path / "cells", colour=False, per_class=300)
+    decided = load_image_folder(folder, image_size=16)
+    asked = load_image_folder(folder, image_size=16, channels=1)
+    assert decided.image_shape == (16, 16, 1)
+    np.testing.assert_array_equal(decided.train_images, asked.train_images)
+    np.testing.assert_array_equal(decided.test_labels, asked.test_labels)
+
+
+def test_image_folder_is_stored_shuffled_in_shards(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "SHARD_BYTES", 16 * 16 * 50)
+    folder = make_image_folder(tmp_path / "cells", colour=False, per_class=200)
+    meta = datasets.write_image_folder(str(folder), tmp_path / "dataset", image_size=16, channels=1)
+    assert [shard["count"] for shard in meta["shards"]["train"]] == [50] * 6 + [20]
+    labels = shards.read_labels(tmp_path / "dataset", meta, "train")
+    # Class folders are read one after the other; stored in file order, the first shard
+    # would hold one class only.
+    assert 10 < labels[:50].sum() < 40
 
 
 def test_image_folder_skips_unreadable_files_and_records_them(tmp_path):
@@ -232,8 +259,9 @@ def test_image_folder_skips_unreadable_files_and_records_them(tmp_path):
     (folder / "Uninfected" / "broken.png").write_bytes(b"not a png")
     (folder / "Uninfected" / "Thumbs.db").write_bytes(b"ignored: not an image name")
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
-        dataset = datasets.load_image_folder(str(folder), image_size=16)
-    assert dataset.details["skipped"] == [str(folder / "Uninfected" / "broken.png")]
+        meta = datasets.write_image_folder(str(folder), tmp_path / "dataset", image_size=16)
+    assert meta["skipped"] == [str(folder / "Uninfected" / "broken.png")]
+    assert meta["counts"]["train"] + meta["counts"]["test"] == 20
 
 
 @pytest.mark.parametrize(
@@ -258,17 +286,21 @@ def test_image_folder_refusals_name_the_folder(tmp_path, layout, message):
         for path in (root / "Uninfected").iterdir():
             path.write_bytes(b"")
     with pytest.raises(ValueError, match=message) as raised:
-        datasets.load_image_folder(str(root), image_size=16)
+        datasets.write_image_folder(str(root), tmp_path / "dataset", image_size=16)
     assert str(root) in str(raised.value)
 
 
 def test_tfds_malaria_loading_path_on_mocked_tfds(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=20):
-        dataset = datasets.load_tfds_malaria(str(tmp_path / "tfds"), image_size=24, seed=0)
+        meta = datasets.write_tfds_malaria(
+            tmp_path / "dataset", str(tmp_path / "tfds"), image_size=24, seed=0
+        )
+    dataset = datasets.read_dataset(tmp_path / "dataset")
     assert dataset.class_names == ["parasitized", "uninfected"]
     assert dataset.image_shape[:2] == (24, 24)
     assert len(dataset.train_labels) + len(dataset.test_labels) == 20
+    assert meta["counts"] == {"train": 16, "test": 4}
     assert dataset.files and dataset.files[0]["name"] == "cell_images.zip"
 
 
@@ -277,7 +309,11 @@ def test_save_and_read_dataset_round_trip(tmp_path):
     dataset = datasets.load_idx_dataset("mnist", source=str(mirror), verify=False)
     datasets.save_dataset(dataset, tmp_path / "dataset")
     again = datasets.read_dataset(tmp_path / "dataset")
-    np.testing.assert_array_equal(again.train_images, dataset.train_images)
+    # Stored in a seeded random order: the same images and labels, not the same order.
+    order = np.lexsort(dataset.train_images.reshape(len(dataset.train_labels), -1).T)
+    again_order = np.lexsort(again.train_images.reshape(len(again.train_labels), -1).T)
+    np.testing.assert_array_equal(again.train_images[again_order], dataset.train_images[order])
+    np.testing.assert_array_equal(again.train_labels[again_order], dataset.train_labels[order])
     assert again.class_names == dataset.class_names
 
 
@@ -285,6 +321,6 @@ def test_read_dataset_names_a_corrupt_split(tmp_path):
     mirror = write_idx_mirror(tmp_path / "mirror")
     dataset = datasets.load_idx_dataset("mnist", source=str(mirror), verify=False)
     datasets.save_dataset(dataset, tmp_path / "dataset")
-    (tmp_path / "dataset" / "test.npz").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match=r"test.npz is missing or corrupt"):
+    (tmp_path / "dataset" / "test-00000.npz").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"test-00000.npz is missing or corrupt"):
         datasets.read_dataset(tmp_path / "dataset")

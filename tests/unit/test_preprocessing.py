@@ -1,7 +1,9 @@
+import functools
+
 import numpy as np
 import pytest
 
-from mlpipe_vision import datasets, preprocessing
+from mlpipe_vision import datasets, preprocessing, shards
 from mlpipe_vision.images import normalize
 
 
@@ -47,15 +49,38 @@ def test_normalize_gives_zero_mean_unit_std():
     assert abs(normalized.std() - 1) < 1e-4
 
 
-def test_resolve_normalization_sources():
+def test_resolve_normalization_sources(tmp_path):
     dataset = tiny_dataset()
-    explicit, origin = preprocessing.resolve_normalization(dataset, 1.0, 2.0, "")
+    meta = datasets.save_dataset(dataset, tmp_path / "dataset")
+    resolve = functools.partial(preprocessing.resolve_normalization, tmp_path / "dataset", meta)
+    explicit, origin = resolve(1.0, 2.0, "")
     assert (explicit, origin) == ({"mean": [1.0], "std": [2.0]}, "explicit")
-    computed, origin = preprocessing.resolve_normalization(dataset, None, None, "")
+    computed, origin = resolve(None, None, "")
     assert origin == "computed"
     assert computed["mean"][0] == pytest.approx(dataset.train_images.mean())
+    assert computed["std"][0] == pytest.approx(dataset.train_images.std())
     with pytest.raises(ValueError, match="give both mean and std"):
-        preprocessing.resolve_normalization(dataset, 1.0, None, "")
+        resolve(1.0, None, "")
+
+
+def test_streamed_splits_equal_the_in_memory_ones(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "SHARD_BYTES", 8 * 8 * 7)  # many shards of 7 images
+    dataset = tiny_dataset()
+    meta = datasets.save_dataset(dataset, tmp_path / "dataset")
+    stored = datasets.read_dataset(tmp_path / "dataset")
+    chosen = preprocessing.choose_splits(stored.train_labels, stored.test_labels, 0.2, 50, 3)
+    normalization = preprocessing.make_normalization(100.0, 50.0, 1)
+    written = preprocessing.write_splits(
+        tmp_path / "dataset", meta, chosen, normalization, tmp_path / "pre"
+    )
+    loaded, _ = preprocessing.load_preprocessed(tmp_path / "pre")
+    expected = preprocessing.make_splits(stored, 0.2, 50, 3)
+    for split in ("train", "validation", "test"):
+        np.testing.assert_array_equal(loaded[split][0], expected[split][0])
+        np.testing.assert_array_equal(loaded[split][1], expected[split][1])
+        assert loaded[split][0].dtype == np.uint8
+    assert written["counts"] == {"train": 24, "validation": 6, "test": 15}
+    assert len(written["shards"]["train"]) == 4
 
 
 def test_make_splits_never_uses_test_for_validation():
@@ -86,4 +111,4 @@ def test_save_and_load_preprocessed(tmp_path):
     loaded, meta = preprocessing.load_preprocessed(tmp_path / "pre")
     assert meta["image_shape"] == [8, 8, 3]
     assert meta["normalization"] == normalization
-    np.testing.assert_allclose(loaded["test"][0], normalize(split_arrays["test"][0], normalization))
+    np.testing.assert_array_equal(loaded["test"][0], split_arrays["test"][0])

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mlpipe_vision import images, stats
+from mlpipe_vision import datasets, images, shards, stats
 from tests.unit.test_preprocessing import tiny_dataset
 
 
@@ -15,10 +15,29 @@ def test_pixel_stats_overall_and_per_channel():
     assert "per_channel" not in stats.pixel_stats(data[..., :1])
 
 
-def test_compute_stats_counts_every_class():
-    record = stats.compute_stats(tiny_dataset())
+def test_pixel_stats_from_histograms_equal_numpy_on_the_pixels():
+    data = np.random.default_rng(0).integers(0, 256, (40, 9, 7, 3), dtype=np.uint8)
+    chunks = [data[:13], data[13:31], data[31:]]
+    histogram = sum(stats.pixel_histogram(chunk) for chunk in chunks)
+    result = stats.stats_of_histogram(histogram)
+    values = data.astype(np.float64)
+    assert result["mean"] == pytest.approx(values.mean(), rel=1e-12)
+    assert result["std"] == pytest.approx(values.std(), rel=1e-12)
+    assert result["per_channel"]["std"] == pytest.approx(values.std(axis=(0, 1, 2)), rel=1e-12)
+    assert (result["min"], result["max"]) == (float(data.min()), float(data.max()))
+
+
+def test_compute_stats_counts_every_class(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "SHARD_BYTES", 8 * 8 * 11)
+    dataset = tiny_dataset()
+    meta = datasets.save_dataset(dataset, tmp_path / "dataset")
+    record = stats.compute_stats(tmp_path / "dataset", meta)
     assert record["splits"]["train"] == {"count": 60, "class_counts": {"a": 20, "b": 20, "c": 20}}
     assert record["splits"]["test"]["count"] == 30
+    assert record["train_pixels"] == stats.pixel_stats(dataset.train_images)
+    histogram, samples, labels = stats.scan_train_split(tmp_path / "dataset", meta, per_class=4)
+    assert np.bincount(labels).tolist() == [4, 4, 4]
+    assert samples.shape == (12, 8, 8, 1)
 
 
 def test_fit_image_keeps_aspect_and_pads():

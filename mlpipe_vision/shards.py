@@ -1,0 +1,202 @@
+"""Splits stored as shards: uint8 image chunks written, read and streamed one at a time.
+
+The `dataset/` artifact of get_data and the `preprocessed/` artifact of preprocess hold each
+split as numbered `.npz` files (`train-00000.npz`, ...) of at most SHARD_BYTES of pixels, with
+`images` (uint8, N x H x W x C) and `labels` (int64), and list them in meta.json under
+"shards". No stage holds more than a shard or two of pixels at a time, so memory does not
+grow with the number of images. Pixels stay uint8: normalization happens on the fly, with
+the same `images.normalize` the served model uses.
+
+get_data writes every split in a seeded random order, so every shard is a random sample of
+its split and a stage that reads shards in order (or picks them in random order, as training
+does) sees the classes mixed.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+SHARD_BYTES = 64 * 2**20
+FORMAT = "npz shards of uint8 images"
+
+
+class ShardWriter:
+    """Collect (images, labels) chunks of one split and write them as shards of fixed size.
+
+    Args:
+        folder: Where the shard files go.
+        split: Name of the split, the start of every file name ("train", "test", ...).
+        image_shape: (height, width, channels) of every image.
+        shard_bytes: Pixel bytes per shard (the last one may hold fewer); default SHARD_BYTES.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        split: str,
+        image_shape: tuple[int, ...],
+        shard_bytes: int | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.split = split
+        self.image_shape = tuple(int(size) for size in image_shape)
+        shard_bytes = shard_bytes or SHARD_BYTES
+        self.images_per_shard = max(1, shard_bytes // int(np.prod(self.image_shape)))
+        self.shards: list[dict] = []
+        self._images: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self._buffered = 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, images: np.ndarray, labels: np.ndarray) -> None:
+        """Buffer a chunk; write every shard that is full."""
+        if images.shape[1:] != self.image_shape or images.dtype != np.uint8:
+            raise ValueError(
+                f"{self.split} shard images must be uint8 {self.image_shape}, got "
+                f"{images.dtype} {images.shape[1:]}"
+            )
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self._images.append(images)
+        self._labels.append(np.asarray(labels, dtype=np.int64))
+        self._buffered += len(labels)
+        while self._buffered >= self.images_per_shard:
+            self._write(self.images_per_shard)
+
+    def close(self) -> list[dict]:
+        """Write what is left; return the shard records ({"file", "count"}) for meta.json."""
+        if self._buffered:
+            self._write(self._buffered)
+        return self.shards
+
+    @property
+    def count(self) -> int:
+        """Images added so far."""
+        return sum(shard["count"] for shard in self.shards) + self._buffered
+
+    def _write(self, count: int) -> None:
+        images = np.concatenate(self._images)
+        labels = np.concatenate(self._labels)
+        name = f"{self.split}-{len(self.shards):05d}.npz"
+        np.savez(self.folder / name, images=images[:count], labels=labels[:count])
+        self.shards.append({"file": name, "count": int(count)})
+        self._images, self._labels = [images[count:]], [labels[count:]]
+        self._buffered = len(labels) - count
+
+
+def _load(folder: Path, shard: dict, key: str) -> np.ndarray:
+    path = Path(folder) / shard["file"]
+    try:
+        with np.load(path) as data:
+            array = data[key]
+    except (OSError, KeyError, ValueError, EOFError) as error:
+        raise ValueError(
+            f"shard {path} is missing or corrupt ({type(error).__name__}: {error}); "
+            "rerun the stage that wrote it"
+        ) from error
+    if len(array) != shard["count"]:
+        raise ValueError(
+            f"shard {path} holds {len(array)} {key} but meta.json says {shard['count']}; "
+            "rerun the stage that wrote it"
+        )
+    return array
+
+
+def split_shards(meta: dict, split: str) -> list[dict]:
+    """The shard records of a split from meta.json.
+
+    Raises:
+        ValueError: If meta.json lists no such split (an artifact of an older version).
+    """
+    try:
+        return list(meta["shards"][split])
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"meta.json lists no {split!r} shards; the artifact was written by an older "
+            "version of mlpipe: rerun get_data and preprocess"
+        ) from None
+
+
+def read_labels(folder: Path, meta: dict, split: str) -> np.ndarray:
+    """All labels of a split, in stored order (the pixels are not read)."""
+    labels = [_load(folder, shard, "labels") for shard in split_shards(meta, split)]
+    return np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+
+
+def iterate(folder: Path, meta: dict, split: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (images, labels) of a split one shard at a time, in stored order."""
+    for shard in split_shards(meta, split):
+        yield _load(folder, shard, "images"), _load(folder, shard, "labels")
+
+
+def read_images(folder: Path, meta: dict, split: str, indices: np.ndarray) -> np.ndarray:
+    """The images at `indices` (positions in stored order), in the order asked for."""
+    indices = np.asarray(indices, dtype=np.int64)
+    image_shape = tuple(int(size) for size in meta["image_shape"])
+    result = np.zeros((len(indices), *image_shape), dtype=np.uint8)
+    start = 0
+    for shard in split_shards(meta, split):
+        end = start + shard["count"]
+        wanted = np.flatnonzero((indices >= start) & (indices < end))
+        if len(wanted):
+            result[wanted] = _load(folder, shard, "images")[indices[wanted] - start]
+        start = end
+    if len(indices) and (indices.min() < 0 or indices.max() >= start):
+        raise IndexError(f"{split} has {start} images; asked for index {indices.max()}")
+    return result
+
+
+def read_split(folder: Path, meta: dict, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A whole split in memory: for small data, tests and benchmarks, not for the stages."""
+    image_shape = tuple(int(size) for size in meta["image_shape"])
+    chunks = list(iterate(folder, meta, split))
+    if not chunks:
+        return np.zeros((0, *image_shape), dtype=np.uint8), np.zeros(0, dtype=np.int64)
+    return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+
+
+def write_split(
+    folder: Path,
+    split: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    shard_bytes: int | None = None,
+) -> list[dict]:
+    """Write in-memory arrays of one split as shards; return the records for meta.json."""
+    writer = ShardWriter(folder, split, images.shape[1:], shard_bytes)
+    writer.add(images, labels)
+    return writer.close()
+
+
+def batches(
+    folder: Path,
+    meta: dict,
+    split: str,
+    batch_size: int,
+    rng: np.random.Generator | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield uint8 (images, labels) batches of exactly `batch_size` (the last may be smaller).
+
+    With `rng`, shards come in a random order and each shard's images in a random order
+    (get_data stored every split shuffled, so this mixes classes like a full shuffle while
+    holding at most one shard and one batch in memory); without, in stored order.
+    """
+    shards = split_shards(meta, split)
+    order = rng.permutation(len(shards)) if rng is not None else range(len(shards))
+    carry_images, carry_labels = None, None
+    for position in order:
+        images = _load(folder, shards[position], "images")
+        labels = _load(folder, shards[position], "labels")
+        if rng is not None:
+            permutation = rng.permutation(len(labels))
+            images, labels = images[permutation], labels[permutation]
+        if carry_images is not None:
+            images = np.concatenate([carry_images, images])
+            labels = np.concatenate([carry_labels, labels])
+        full = len(labels) - len(labels) % batch_size
+        for start in range(0, full, batch_size):
+            yield images[start : start + batch_size], labels[start : start + batch_size]
+        carry_images, carry_labels = images[full:], labels[full:]
+    if carry_images is not None and len(carry_labels):
+        yield carry_images, carry_labels
