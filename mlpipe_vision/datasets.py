@@ -29,6 +29,7 @@ from mlpipe_vision import fetch, images, lineage, shards, splits
 
 DATASET_NAMES = ("mnist", "fashion_mnist", "malaria", "image_dir")
 META_FILE = "meta.json"
+FILES_FILE = "files.json"
 
 
 @dataclass(frozen=True)
@@ -383,7 +384,8 @@ def load_idx_dataset(
 CHUNK_IMAGES = 256
 
 
-def dataset_meta(
+def write_meta(
+    dataset_dir: Path,
     name: str,
     class_names: list[str],
     image_shape: tuple[int, ...],
@@ -392,21 +394,33 @@ def dataset_meta(
     split_shards: dict[str, list[dict]],
     **details: object,
 ) -> dict:
-    """The meta.json of a `dataset/` folder."""
-    return {
+    """Write a `dataset/` folder's meta.json, and the source files' records as files.json.
+
+    The records (one per image for a folder of images) stay out of meta.json, which every
+    later stage reads; meta.json keeps their digest.
+
+    Returns:
+        The meta.json record.
+    """
+    (dataset_dir / FILES_FILE).write_text(json.dumps(files, indent=1))
+    meta = {
         "dataset": name,
         "class_names": list(class_names),
         "image_shape": [int(size) for size in image_shape],
         "source": source,
         "verified": bool(files) and all(record["verified"] for record in files),
+        "files_digest": fetch.sha256_of_bytes(
+            json.dumps([record["sha256"] for record in files]).encode()
+        ),
         "counts": {
             split: sum(s["count"] for s in records) for split, records in split_shards.items()
         },
         "format": shards.FORMAT,
         "shards": split_shards,
-        "files": files,
         **details,
     }
+    (dataset_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+    return meta
 
 
 def save_dataset(dataset: Dataset, dataset_dir: Path, seed: int = 42) -> dict:
@@ -423,7 +437,8 @@ def save_dataset(dataset: Dataset, dataset_dir: Path, seed: int = 42) -> dict:
     ):
         order = rng.permutation(len(labels))
         split_shards[split] = shards.write_split(dataset_dir, split, images_[order], labels[order])
-    meta = dataset_meta(
+    return write_meta(
+        dataset_dir,
         dataset.name,
         dataset.class_names,
         dataset.image_shape,
@@ -432,8 +447,6 @@ def save_dataset(dataset: Dataset, dataset_dir: Path, seed: int = 42) -> dict:
         split_shards,
         **dataset.details,
     )
-    (dataset_dir / META_FILE).write_text(json.dumps(meta, indent=2))
-    return meta
 
 
 def read_meta(dataset_dir: Path) -> dict:
@@ -457,7 +470,7 @@ def read_dataset(dataset_dir: Path) -> Dataset:
         class_names=meta["class_names"],
         name=meta["dataset"],
         source=meta["source"],
-        files=meta["files"],
+        files=json.loads((Path(dataset_dir) / FILES_FILE).read_text()),
     )
 
 
@@ -632,7 +645,8 @@ def write_image_folder(
             f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}", stacklevel=2
         )
     split_shards, channels = writer.close()
-    meta = dataset_meta(
+    return write_meta(
+        dataset_dir,
         name,
         class_names,
         (image_size, image_size, channels),
@@ -643,8 +657,6 @@ def write_image_folder(
         test_fraction=test_fraction,
         seed=seed,
     )
-    (dataset_dir / META_FILE).write_text(json.dumps(meta, indent=2))
-    return meta
 
 
 def write_tfds_malaria(
@@ -707,7 +719,8 @@ def write_tfds_malaria(
         {"name": info.filename or url, "sha256": info.checksum, "verified": True}
         for url, info in (builder.url_infos or {}).items()
     ]
-    meta = dataset_meta(
+    return write_meta(
+        dataset_dir,
         "malaria",
         list(builder.info.features["label"].names),
         (image_size, image_size, channels),
@@ -718,8 +731,6 @@ def write_tfds_malaria(
         seed=seed,
         data_dir=data_dir,
     )
-    (dataset_dir / META_FILE).write_text(json.dumps(meta, indent=2))
-    return meta
 
 
 def write_dataset(
@@ -771,9 +782,7 @@ def dataset_input(meta: dict) -> MetaDataset:
     MLflow's numpy dataset would hash the pixels in memory; the files' checksums identify
     the data as well without reading it.
     """
-    digest = fetch.sha256_of_bytes(
-        json.dumps([record["sha256"] for record in meta["files"]]).encode()
-    )[:8]
+    digest = meta["files_digest"][:8]
     # MLflow resolves paths and URLs as sources; a TFDS name it cannot, so that dataset is
     # recorded with this run's code as its source instead.
     if meta["source"].startswith("tfds:"):

@@ -2,17 +2,22 @@
 
 Stages never read another run's files from disk directly; they hand each other
 `runs:/<run_id>/<path>` URIs and resolve them here through MLflow, so the same code works
-against the local sqlite store and a shared tracking server.
+against the local sqlite store and a shared tracking server. Where the store keeps its
+artifacts on this machine's disk (the local default), a stage reads the artifact folder in
+place instead of copying it: a dataset of several GB is then stored once, not once more for
+every stage that reads it.
 """
 
 import json
 import os
 import shlex
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
+from mlflow.utils.file_utils import local_file_uri_to_path
 
 INPUT_URI_TAG = "mlpipe.input_uri"
 STAGE_TAG = "mlpipe.stage"
@@ -38,6 +43,21 @@ def parse_runs_uri(uri: str) -> tuple[str, str]:
     return run_id, artifact_path
 
 
+def local_artifact_dir(uri: str) -> Path | None:
+    """The folder of an artifact whose store is on this machine's disk; None otherwise."""
+    if uri.startswith("runs:/"):
+        try:
+            run_id, artifact_path = parse_runs_uri(uri)
+            root = mlflow.MlflowClient().get_run(run_id).info.artifact_uri
+        except (MlflowException, ValueError):
+            return None
+        uri = f"{root.rstrip('/')}/{artifact_path}" if artifact_path else root
+    if urllib.parse.urlparse(uri).scheme not in ("", "file"):
+        return None
+    local_dir = Path(local_file_uri_to_path(uri))
+    return local_dir if local_dir.is_dir() else None
+
+
 def resolve_artifact_dir(
     uri: str, required_file: str, produced_by: str, dst_path: str | None = None
 ) -> Path:
@@ -52,18 +72,20 @@ def resolve_artifact_dir(
             nobody removes; pass a `tempfile.TemporaryDirectory` for large artifacts).
 
     Returns:
-        The local folder.
+        The local folder: the artifact itself when its store is on this disk (only read
+        it), else a downloaded copy.
 
     Raises:
         ValueError: If the URI cannot be resolved or does not hold `required_file`.
     """
     if not uri or not uri.strip():
         raise ValueError(f"no input URI given; expected {produced_by}")
-    if os.path.isdir(uri):
-        local_dir = Path(uri)
-    elif "://" not in uri and ":/" not in uri:
-        raise ValueError(f"{uri!r} is neither an existing folder nor a URI; expected {produced_by}")
-    else:
+    local_dir = Path(uri) if os.path.isdir(uri) else local_artifact_dir(uri)
+    if local_dir is None:
+        if "://" not in uri and ":/" not in uri:
+            raise ValueError(
+                f"{uri!r} is neither an existing folder nor a URI; expected {produced_by}"
+            )
         try:
             local_dir = Path(
                 mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst_path)

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import requests
 
+from bench.memory import run_measured
+
 REPO_DIR = Path(__file__).resolve().parents[1]
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 PACKAGED_MODEL_NAME = "tiny_digits"
@@ -95,7 +97,8 @@ def mlflow_run(tracking: dict, entry_point: str, check: bool = True, **parameter
     """Run an entry point through the real `mlflow run` CLI, as a user would.
 
     Returns:
-        {"run_id", "output" (stdout and stderr), "returncode"}.
+        {"run_id", "output" (stdout and stderr), "returncode", "peak_rss" (bytes: the peak
+        resident memory of the command's whole process tree)}.
     """
     command = [sys.executable, "-m", "mlflow", "run", str(REPO_DIR), "-e", entry_point]
     command += ["--env-manager", "local", "--experiment-id", tracking["experiment_id"]]
@@ -107,18 +110,17 @@ def mlflow_run(tracking: dict, entry_point: str, check: bool = True, **parameter
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    completed = subprocess.run(
-        command, cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=2400
-    )
-    output = completed.stdout + completed.stderr
-    if check and completed.returncode != 0:
+    completed = run_measured(command, timeout=2400, cwd=REPO_DIR, env=env)
+    output = completed["output"]
+    if check and completed["returncode"] != 0:
         raise AssertionError(f"mlflow run -e {entry_point} failed:\n{output[-6000:]}")
     # The last run ID printed is this command's own; nested stages print theirs before it.
     run_ids = re.findall(r"Run \(ID '([0-9a-f]+)'\)", output)
     return {
         "run_id": run_ids[-1] if run_ids else None,
         "output": output,
-        "returncode": completed.returncode,
+        "returncode": completed["returncode"],
+        "peak_rss": completed["peak_rss"],
     }
 
 
@@ -218,26 +220,3 @@ def png_bomb(width: int, height: int) -> bytes:
     pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     signature = b"\x89PNG\r\n\x1a\n"
     return signature + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-
-
-def process_tree_peak_memory(pid: int) -> int:
-    """Sum of the peak resident memory (VmHWM) of a process and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, pending = 0, [pid]
-    while pending:
-        current = pending.pop()
-        pending += children.get(current, [])
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                total += int(line.split()[1]) * 1024
-    return total

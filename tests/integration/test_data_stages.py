@@ -67,7 +67,7 @@ def test_chain_on_a_synthetic_idx_mirror(tracking, use_tracking, idx_mirror_dir)
     split_arrays, meta = preprocessing.load_preprocessed(Path(preprocessed_dir))
     assert len(split_arrays["validation"][1]) == 60
     assert len(split_arrays["test"][1]) == 100
-    assert meta["counts"] == {"train": 540, "validation": 60, "test": 100}
+    assert meta["counts"] == {"train": 240, "validation": 60, "test": 100}
     assert split_arrays["train"][0].dtype == np.uint8
     normalization = read_json(f"runs:/{preprocess_run.info.run_id}/normalization.json")
     assert normalization["mean"] == [pytest.approx(stats["train_pixels"]["mean"])]

@@ -14,16 +14,10 @@ import pytest
 import requests
 import yaml
 
+from bench.memory import process_tree_peak_memory
 from mlpipe_vision import datasets, preprocessing
 from mlpipe_vision.images import normalize
-from tests.conftest import (
-    PACKAGED_MODEL_NAME,
-    REPO_DIR,
-    mlflow_run,
-    png_bomb,
-    process_tree_peak_memory,
-    served_model,
-)
+from tests.conftest import PACKAGED_MODEL_NAME, REPO_DIR, mlflow_run, png_bomb, served_model
 
 pytestmark = pytest.mark.integration
 
