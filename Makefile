@@ -81,10 +81,11 @@ docker-run: ## run a stage on the GPU in Docker: make docker-run STAGE=train ARG
 # The sweep whose best trial the sweep accuracy is measured on (the README's example).
 BENCH_SWEEP ?= epochs=30;augment=true;early_stopping_patience=0;conv_filters=48,64
 
-bench: install data ## run the benchmarks (~80 min); tables on screen, JSON in bench/results/
+bench: install data ## run the benchmarks (~2 hours); tables on screen, JSON in bench/results/
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/learning_curve.py
 	$(BIN)/python bench/training.py --pipeline --sweep "$(BENCH_SWEEP)"
+	$(BIN)/python bench/scale.py --vgg16
 
 clean: ## remove the local tracking store and caches (keeps .venv)
 	rm -rf mlruns mlartifacts mlflow.db .pytest_cache .ruff_cache

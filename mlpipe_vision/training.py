@@ -619,7 +619,11 @@ def open_preprocessed(data: str) -> Iterator[tuple[Path, dict]]:
         preprocessed_dir = lineage.resolve_artifact_dir(
             data, REQUIRED_FILE, PRODUCED_BY, dst_path=download_dir
         )
-        yield preprocessed_dir, preprocessing.read_preprocessed_meta(preprocessed_dir)
+        try:
+            meta = preprocessing.read_preprocessed_meta(preprocessed_dir)
+        except ValueError as error:
+            raise ValueError(f"{data!r}: {error}; expected {PRODUCED_BY}") from error
+        yield preprocessed_dir, meta
 
 
 def run_train(

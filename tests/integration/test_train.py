@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from mlpipe_vision import datasets, preprocessing
+from mlpipe_vision import datasets, preprocessing, stats
 from tests.conftest import REPO_DIR, mlflow_run, synthetic_images
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,9 @@ def write_preprocessed(
         name=name,
         source="synthetic",
     )
-    normalization, _ = preprocessing.resolve_normalization(dataset, None, None, "")
+    normalization = preprocessing.normalization_from_stats(
+        {"train_pixels": stats.pixel_stats(dataset.train_images)}, images.shape[-1]
+    )
     split_arrays = preprocessing.make_splits(dataset, 0.2, 100.0, seed=0)
     preprocessing.save_preprocessed(split_arrays, normalization, dataset, folder)
     return f"file://{folder}"
@@ -145,7 +147,7 @@ def test_a_uri_without_preprocessed_is_refused(tracking, tmp_path):
     (tmp_path / "meta.json").write_text("{}")
     result = mlflow_run(tracking, "train", check=False, data=f"file://{tmp_path}")
     assert result["returncode"] != 0
-    assert "does not hold meta.json" in result["output"]
+    assert "meta.json lists no 'train' shards" in result["output"]
     assert (
         "expected runs:/<preprocess_run_id>/preprocessed from a preprocess run"
         in (result["output"])
