@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mlflow.artifacts import download_artifacts
 
-from mlpipe_vision import preprocessing
+from mlpipe_vision import datasets, preprocessing, shards, stats
 from tests.conftest import FASHION_MNIST_DIR, mlflow_run
 from tests.unit.test_datasets import make_image_folder
 
@@ -45,7 +45,9 @@ def test_chain_on_a_synthetic_idx_mirror(tracking, use_tracking, idx_mirror_dir)
     assert meta["image_shape"] == [28, 28, 1]
     assert meta["counts"] == {"train": 300, "test": 100}
     assert meta["verified"] is False
-    assert len(meta["files"]) == 4 and all(len(f["sha256"]) == 64 for f in meta["files"])
+    files = read_json(f"runs:/{get_data_run.info.run_id}/dataset/files.json")
+    assert len(files) == 4 and all(len(f["sha256"]) == 64 for f in files)
+    assert get_data_run.inputs.dataset_inputs[0].dataset.digest == meta["files_digest"][:8]
     assert get_data_run.inputs.dataset_inputs, "the dataset is logged as an MLflow input"
 
     explore_run = client.get_run(runs["explore"]["run_id"])
@@ -112,3 +114,18 @@ def test_chain_on_real_fashion_mnist(tracking):
     )
     assert "mean 72.9404, std 90.0212" in runs["explore"]["output"]
     assert "48000 train, 12000 validation, 10000 test" in runs["preprocess"]["output"]
+
+
+@pytest.mark.skipif(
+    not FASHION_MNIST_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (apt-get install)"
+)
+def test_streamed_statistics_equal_the_in_memory_ones_on_fashion_mnist(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "SHARD_BYTES", 28 * 28 * 7000)  # 8 shards of train, not 1
+    dataset = datasets.load_idx_dataset("fashion_mnist", source=str(FASHION_MNIST_DIR))
+    meta = datasets.save_dataset(dataset, tmp_path / "dataset")
+    assert len(meta["shards"]["train"]) == 9
+    streamed = stats.compute_stats(tmp_path / "dataset", meta)["train_pixels"]
+    pixels = dataset.train_images.astype(np.float64)
+    assert streamed["mean"] == pytest.approx(pixels.mean(), rel=1e-12)
+    assert streamed["std"] == pytest.approx(pixels.std(), rel=1e-12)
+    assert (round(streamed["mean"], 2), round(streamed["std"], 2)) == (72.94, 90.02)
