@@ -81,7 +81,8 @@ class ShardWriter:
         name = f"{self.split}-{len(self.shards):05d}.npz"
         np.savez(self.folder / name, images=images[:count], labels=labels[:count])
         self.shards.append({"file": name, "count": int(count)})
-        self._images, self._labels = [images[count:]], [labels[count:]]
+        # Copies, not views: a view of the rest would keep the whole concatenation alive.
+        self._images, self._labels = [images[count:].copy()], [labels[count:].copy()]
         self._buffered = len(labels) - count
 
 
@@ -197,6 +198,6 @@ def batches(
         full = len(labels) - len(labels) % batch_size
         for start in range(0, full, batch_size):
             yield images[start : start + batch_size], labels[start : start + batch_size]
-        carry_images, carry_labels = images[full:], labels[full:]
+        carry_images, carry_labels = images[full:].copy(), labels[full:].copy()
     if carry_images is not None and len(carry_labels):
         yield carry_images, carry_labels

@@ -25,12 +25,13 @@ def pixel_histogram(images: np.ndarray) -> np.ndarray:
     Histograms of chunks add up to the histogram of the whole, so statistics of a dataset
     of any size come from one pass over its shards.
     """
-    return np.stack(
-        [
-            np.bincount(images[..., channel].ravel(), minlength=256)
-            for channel in range(images.shape[-1])
-        ]
-    ).astype(np.int64)
+    counts = np.zeros((images.shape[-1], 256), dtype=np.int64)
+    # bincount works on int64 copies: 256 images at a time keeps those small.
+    for start in range(0, len(images), 256):
+        block = images[start : start + 256]
+        for channel in range(images.shape[-1]):
+            counts[channel] += np.bincount(block[..., channel].ravel(), minlength=256)
+    return counts
 
 
 def stats_of_histogram(histogram: np.ndarray) -> dict:
@@ -99,7 +100,7 @@ def scan_train_split(
         for index, label in enumerate(labels if (taken < per_class).any() else ()):
             if taken[label] < per_class:
                 taken[label] += 1
-                sample_images.append(images[index])
+                sample_images.append(images[index].copy())  # a view would keep the shard
                 sample_labels.append(label)
     return histogram, np.array(sample_images), np.array(sample_labels, dtype=np.int64)
 

@@ -1,10 +1,11 @@
 """Memory stays flat as the data grows: every stage on a folder and on one twice its size.
 
-The folders hold malaria-like cells (bench/scale.py's synthetic ones), fitted to 128x128 RGB:
-2,000 images are 98 MB of uint8 pixels, so a stage that held the images in memory would grow
-by at least that much (several times more as float32), while a streaming stage holds a shard
-or two whatever the size. Nothing here is timed; peak memory is the sum of VmHWM over the
-`mlflow run` process tree.
+The folders hold malaria-like cells (bench/scale.py's synthetic ones), fitted to 224x224 RGB
+as for VGG16: 2,000 images are 301 MB of uint8 pixels, so a stage that held the images in
+memory would grow by at least that much (several times more as float32), while a streaming
+stage holds a shard or two (436 images of 64 MB each) whatever the size; both sizes span
+several shards, so neither is favoured by a small last shard. Nothing here is timed; peak
+memory is the sum of VmHWM over the `mlflow run` process tree.
 """
 
 import os
@@ -23,7 +24,7 @@ pytestmark = [
 ]
 
 IMAGES = 2000
-IMAGE_SIZE = 128
+IMAGE_SIZE = 224
 PIXEL_BYTES = IMAGES * IMAGE_SIZE * IMAGE_SIZE * 3
 # Growth allowed from 1x to 2x, as a share of the added pixels' uint8 bytes (in-memory
 # stages grow by 100 % to 800 % of them).
