@@ -158,8 +158,17 @@ class Pipeline:
         return [metric.value for metric in sorted(history, key=lambda m: m.step)]
 
 
-def data_stages(pipeline: Pipeline, train_percentage: float, epochs: int, **get_data) -> dict:
-    """get_data, explore_data, preprocess (all images) and train (on a share); one row each."""
+def data_stages(
+    pipeline: Pipeline,
+    train_percentage: float,
+    epochs: int,
+    train: dict | None = None,
+    **get_data: object,
+) -> dict:
+    """get_data, explore_data, preprocess (all images) and train (on a share); one row each.
+
+    `train` holds parameters of the train stage beyond data, epochs and no early stopping.
+    """
     rows = {"get_data": pipeline.run("get_data", "dataset", **get_data)}
     data_uri = rows["get_data"]["uri"]
     images = int(
@@ -176,7 +185,12 @@ def data_stages(pipeline: Pipeline, train_percentage: float, epochs: int, **get_
     else:
         train_input = rows["preprocess"]
     rows["train"] = pipeline.run(
-        "train", "model", data=train_input["uri"], epochs=epochs, early_stopping_patience=0
+        "train",
+        "model",
+        data=train_input["uri"],
+        epochs=epochs,
+        early_stopping_patience=0,
+        **(train or {}),
     )
     rows["train"]["images"] = int(train_input["metrics"]["train_examples"]) * epochs
     return rows
@@ -251,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
                 pipeline,
                 arguments.vgg16_percentage,
                 1,
+                train={"convolutions": 0, "weights": "none"},
                 dataset="image_dir",
                 source=original,
                 image_size=224,
