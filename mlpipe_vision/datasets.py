@@ -412,9 +412,7 @@ def write_meta(
         "files_digest": fetch.sha256_of_bytes(
             json.dumps([record["sha256"] for record in files]).encode()
         ),
-        "counts": {
-            split: sum(s["count"] for s in records) for split, records in split_shards.items()
-        },
+        "counts": shards.counts(split_shards),
         "format": shards.FORMAT,
         "shards": split_shards,
         **details,

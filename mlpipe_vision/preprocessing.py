@@ -117,9 +117,7 @@ def preprocessed_meta(
         "class_names": list(dataset_meta["class_names"]),
         "image_shape": list(dataset_meta["image_shape"]),
         "normalization": normalization,
-        "counts": {
-            split: sum(s["count"] for s in records) for split, records in split_shards.items()
-        },
+        "counts": shards.counts(split_shards),
         "format": shards.FORMAT,
         "shards": split_shards,
     }

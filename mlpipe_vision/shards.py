@@ -70,11 +70,6 @@ class ShardWriter:
             self._write(self._buffered)
         return self.shards
 
-    @property
-    def count(self) -> int:
-        """Images added so far."""
-        return sum(shard["count"] for shard in self.shards) + self._buffered
-
     def _write(self, count: int) -> None:
         images = np.concatenate(self._images)
         labels = np.concatenate(self._labels)
@@ -102,6 +97,13 @@ def _load(folder: Path, shard: dict, key: str) -> np.ndarray:
             "rerun the stage that wrote it"
         )
     return array
+
+
+def counts(split_shards: dict[str, list[dict]]) -> dict[str, int]:
+    """Images per split, from the shard records of meta.json."""
+    return {
+        split: sum(shard["count"] for shard in records) for split, records in split_shards.items()
+    }
 
 
 def split_shards(meta: dict, split: str) -> list[dict]:
