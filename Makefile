@@ -49,7 +49,7 @@ predict: install ## send IMAGE=drawing.png to the served model
 	    http://127.0.0.1:$(PORT)/invocations; echo
 
 test: install ## run the whole test suite (unit, integration, slow)
-	$(BIN)/python -m pytest -v -ra
+	$(BIN)/python -m pytest -v -ra --durations=20
 
 test-fast: install ## run the unit tests only
 	$(BIN)/python -m pytest -m "not integration and not slow" -q

@@ -207,7 +207,9 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--sizes", default="1,2,4", help="multiples of 27,558 images (default 1,2,4)"
+        "--sizes",
+        default="1,2,4",
+        help="multiples of 27,558 images (default 1,2,4; '' for Fashion-MNIST alone)",
     )
     parser.add_argument(
         "--train-percentage", type=float, default=25.0, help="share trained on (default 25)"
@@ -232,14 +234,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT_PATH, help="JSON file")
     arguments = parser.parse_args(argv)
     try:
-        sizes = [int(size) for size in arguments.sizes.split(",")]
+        sizes = [int(size) for size in arguments.sizes.split(",") if size.strip()]
     except ValueError:
         parser.error(f"--sizes takes whole multiples like 1,2,4, got {arguments.sizes!r}")
 
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         work_dir = arguments.work_dir or Path(tmp)
         work_dir.mkdir(parents=True, exist_ok=True)
-        original = write_malaria_like_folder(work_dir / "cells_1x" / "cell_images")
+        if sizes or arguments.vgg16:
+            original = write_malaria_like_folder(work_dir / "cells_1x" / "cell_images")
         pipeline = Pipeline(work_dir)
         results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "rows": []}
         for size in sizes:

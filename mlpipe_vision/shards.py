@@ -81,7 +81,8 @@ class ShardWriter:
         self._buffered = len(labels) - count
 
 
-def _load(folder: Path, shard: dict, key: str) -> np.ndarray:
+def load(folder: Path, shard: dict, key: str) -> np.ndarray:
+    """One array ("images" or "labels") of a shard, checked against its meta.json record."""
     path = Path(folder) / shard["file"]
     try:
         with np.load(path) as data:
@@ -123,14 +124,14 @@ def split_shards(meta: dict, split: str) -> list[dict]:
 
 def read_labels(folder: Path, meta: dict, split: str) -> np.ndarray:
     """All labels of a split, in stored order (the pixels are not read)."""
-    labels = [_load(folder, shard, "labels") for shard in split_shards(meta, split)]
+    labels = [load(folder, shard, "labels") for shard in split_shards(meta, split)]
     return np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
 
 
 def iterate(folder: Path, meta: dict, split: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (images, labels) of a split one shard at a time, in stored order."""
     for shard in split_shards(meta, split):
-        yield _load(folder, shard, "images"), _load(folder, shard, "labels")
+        yield load(folder, shard, "images"), load(folder, shard, "labels")
 
 
 def read_images(folder: Path, meta: dict, split: str, indices: np.ndarray) -> np.ndarray:
@@ -143,7 +144,7 @@ def read_images(folder: Path, meta: dict, split: str, indices: np.ndarray) -> np
         end = start + shard["count"]
         wanted = np.flatnonzero((indices >= start) & (indices < end))
         if len(wanted):
-            result[wanted] = _load(folder, shard, "images")[indices[wanted] - start]
+            result[wanted] = load(folder, shard, "images")[indices[wanted] - start]
         start = end
     if len(indices) and (indices.min() < 0 or indices.max() >= start):
         raise IndexError(f"{split} has {start} images; asked for index {indices.max()}")
@@ -170,36 +171,3 @@ def write_split(
     writer = ShardWriter(folder, split, images.shape[1:], shard_bytes)
     writer.add(images, labels)
     return writer.close()
-
-
-def batches(
-    folder: Path,
-    meta: dict,
-    split: str,
-    batch_size: int,
-    rng: np.random.Generator | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield uint8 (images, labels) batches of exactly `batch_size` (the last may be smaller).
-
-    With `rng`, shards come in a random order and each shard's images in a random order
-    (get_data stored every split shuffled, so this mixes classes like a full shuffle while
-    holding at most one shard and one batch in memory); without, in stored order.
-    """
-    shards = split_shards(meta, split)
-    order = rng.permutation(len(shards)) if rng is not None else range(len(shards))
-    carry_images, carry_labels = None, None
-    for position in order:
-        images = _load(folder, shards[position], "images")
-        labels = _load(folder, shards[position], "labels")
-        if rng is not None:
-            permutation = rng.permutation(len(labels))
-            images, labels = images[permutation], labels[permutation]
-        if carry_images is not None:
-            images = np.concatenate([carry_images, images])
-            labels = np.concatenate([carry_labels, labels])
-        full = len(labels) - len(labels) % batch_size
-        for start in range(0, full, batch_size):
-            yield images[start : start + batch_size], labels[start : start + batch_size]
-        carry_images, carry_labels = images[full:].copy(), labels[full:].copy()
-    if carry_images is not None and len(carry_labels):
-        yield carry_images, carry_labels
