@@ -203,7 +203,11 @@ def run_main(
         package_tags = MlflowClient().get_run(package_id).data.tags
         registered_uri = package_tags[packaging.REGISTERED_MODEL_TAG]
     print(f"\nall stages done; the model is {registered_uri}")
-    print(f"browse the runs: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}")
+    tracking_uri = mlflow.get_tracking_uri()
+    if tracking_uri.startswith(("http://", "https://")):
+        print(f"browse the runs: {tracking_uri}")
+    else:
+        print(f"browse the runs: mlflow ui --backend-store-uri {tracking_uri}")
     print(f"serve:  mlflow models serve -m {registered_uri} -p 5000 --env-manager local")
     print("query:  python png_to_pandas.py drawing.png")
     print(f"        {serving.curl_command('example.json', port=5000)}")

@@ -96,6 +96,9 @@ def use_tracking(tracking, monkeypatch):
 def mlflow_run(tracking: dict, entry_point: str, check: bool = True, **parameters) -> dict:
     """Run an entry point through the real `mlflow run` CLI, as a user would.
 
+    `tracking` may also hold "env" (more environment variables, such as a login) and "cwd"
+    (the working folder; the repository by default).
+
     Returns:
         {"run_id", "output" (stdout and stderr), "returncode", "peak_rss" (bytes: the peak
         resident memory of the command's whole process tree)}.
@@ -109,8 +112,9 @@ def mlflow_run(tracking: dict, entry_point: str, check: bool = True, **parameter
         "MLFLOW_TRACKING_URI": tracking["uri"],
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        **tracking.get("env", {}),
     }
-    completed = run_measured(command, timeout=2400, cwd=REPO_DIR, env=env)
+    completed = run_measured(command, timeout=2400, cwd=tracking.get("cwd", REPO_DIR), env=env)
     output = completed["output"]
     if check and completed["returncode"] != 0:
         raise AssertionError(f"mlflow run -e {entry_point} failed:\n{output[-6000:]}")

@@ -1,0 +1,136 @@
+"""The pipeline against a team's tracking server, from machines that share nothing but its URL.
+
+`team_stack.py` starts a real PostgreSQL and a real `mlflow server` with proxied artifacts
+and basic-auth login. Each "machine" is a working folder of its own with only the server's
+URL and credentials in its environment: no shared artifact folder, no shared sqlite file.
+"""
+
+import secrets
+import shutil
+from pathlib import Path
+
+import mlflow
+import psycopg
+import pytest
+
+import team_stack
+from tests.conftest import FASHION_MNIST_DIR, free_port, mlflow_run
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow(reason="starts PostgreSQL and an mlflow server, runs main twice"),
+    pytest.mark.skipif(
+        not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+        reason="needs Fashion-MNIST: apt-get install dataset-fashion-mnist",
+    ),
+]
+
+STAGES = ("get_data", "explore_data", "preprocess", "train", "package")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """A running team stack with fresh random passwords, stopped at the end."""
+    if shutil.which("initdb") is None and not team_stack.POSTGRES_BIN_DIRS:
+        pytest.fail("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)")
+    secrets_env = {
+        "PGPASSWORD": f"db-{secrets.token_hex(12)}",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": f"admin-{secrets.token_hex(12)}",
+    }
+    stack_dir = tmp_path_factory.mktemp("team")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in secrets_env.items():
+            patch.setenv(name, value)
+        state = team_stack.start(stack_dir, free_port(), free_port(), "mlpipe", workers=1)
+    try:
+        yield {**state, **secrets_env, "dir": stack_dir}
+    finally:
+        team_stack.stop(stack_dir)
+        shutil.rmtree(Path(state["postgres_data"]).parent, ignore_errors=True)
+
+
+def machine(stack: dict, folder: Path, experiment_id: str) -> dict:
+    """What `mlflow_run` needs to run stages as a separate machine would."""
+    folder.mkdir()
+    return {
+        "uri": stack["tracking_uri"],
+        "experiment_id": experiment_id,
+        "cwd": folder,
+        "env": {
+            "MLFLOW_TRACKING_USERNAME": stack["admin_username"],
+            "MLFLOW_TRACKING_PASSWORD": stack["MLFLOW_AUTH_ADMIN_PASSWORD"],
+            "PGPASSWORD": stack["PGPASSWORD"],
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def two_mains(stack, tmp_path_factory):
+    """`main` on 2 % of Fashion-MNIST from one folder, then again from another."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_USERNAME", stack["admin_username"])
+        patch.setenv("MLFLOW_TRACKING_PASSWORD", stack["MLFLOW_AUTH_ADMIN_PASSWORD"])
+        client = mlflow.MlflowClient(tracking_uri=stack["tracking_uri"])
+        experiment_id = client.create_experiment("team")
+    root = tmp_path_factory.mktemp("machines")
+    parameters = {"source": FASHION_MNIST_DIR, "percentage": 2, "epochs": 1}
+    first = mlflow_run(machine(stack, root / "a", experiment_id), "main", **parameters)
+    second = mlflow_run(machine(stack, root / "b", experiment_id), "main", **parameters)
+    return {"first": first, "second": second, "experiment_id": experiment_id}
+
+
+@pytest.fixture
+def team_client(stack, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", stack["admin_username"])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack["MLFLOW_AUTH_ADMIN_PASSWORD"])
+    return mlflow.MlflowClient(tracking_uri=stack["tracking_uri"])
+
+
+def test_main_runs_every_stage_with_artifacts_through_the_server(stack, two_mains, team_client):
+    runs = team_client.search_runs([two_mains["experiment_id"]])
+    stage_runs = {run.data.tags.get("mlpipe.stage"): run for run in runs}
+    assert set(STAGES) <= set(stage_runs), sorted(filter(None, stage_runs))
+    for stage in STAGES:
+        run = stage_runs[stage]
+        assert run.info.status == "FINISHED", stage
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/"), run.info.artifact_uri
+    # The artifacts are in the server's store, not in either working folder.
+    assert any((stack["dir"] / "artifacts").rglob("meta.json"))
+    assert "models:/fashion_mnist_classifier@champion" in two_mains["first"]["output"]
+
+
+def test_a_second_main_from_another_folder_reuses_every_stage(two_mains):
+    output = two_mains["second"]["output"]
+    for stage in STAGES:
+        assert f"[{stage}] reusing finished run" in output, output[-3000:]
+
+
+def test_no_password_is_stored_or_printed(stack, two_mains):
+    passwords = [stack["PGPASSWORD"], stack["MLFLOW_AUTH_ADMIN_PASSWORD"]]
+    printed = two_mains["first"]["output"] + two_mains["second"]["output"]
+    files = [path for path in stack["dir"].rglob("*") if path.is_file()]
+    with psycopg.connect(
+        host="127.0.0.1",
+        port=int(stack["study_storage"].rsplit(":", 1)[1].split("/")[0]),
+        user="mlpipe",
+        dbname="mlflow",
+        password=stack["PGPASSWORD"],
+    ) as connection:
+        rows = [
+            str(row)
+            for table in ("params", "tags", "latest_metrics", "runs", "experiment_tags")
+            for row in connection.execute(f"SELECT * FROM {table}").fetchall()
+        ]
+    assert len(rows) > 50 and files
+    for password in passwords:
+        assert password not in printed
+        assert not any(password in row for row in rows)
+        assert not [path for path in files if password.encode() in path.read_bytes()]
+
+
+def test_a_wrong_password_is_refused_with_a_message_that_names_the_login(stack, tmp_path):
+    wrong = machine(stack, tmp_path / "c", "0")
+    wrong["env"]["MLFLOW_TRACKING_PASSWORD"] = "not-the-password"
+    result = mlflow_run(wrong, "get_data", check=False, source=FASHION_MNIST_DIR)
+    assert result["returncode"] != 0
+    assert "401" in result["output"] or "not authenticated" in result["output"].lower()
