@@ -20,11 +20,13 @@ import json
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +46,18 @@ from mlpipe_vision.cli import str_to_bool  # noqa: E402
 SAMPLERS = ("auto", "grid", "tpe")
 DIRECTIONS = ("auto", "maximize", "minimize")
 BEST_MODEL_TAG = "mlpipe.best_model_uri"
+BEST_PARAMETER_TAG_PREFIX = "mlpipe.best."
 TRIAL_NUMBER_TAG = "mlpipe.trial_number"
 RUN_ID_ATTRIBUTE = "mlflow_run_id"
 FAILURE_ATTRIBUTE = "failure"
+WORKER_ATTRIBUTE = "worker"
+PARENT_RUN_ATTRIBUTE = "mlflow_parent_run_id"
+WORKER_TAG = "mlpipe.sweep_worker_of"
+# A worker records a heartbeat for each running trial this often; a trial without one for
+# GRACE_SECONDS is taken as dead (its machine crashed or was killed) and queued again.
+HEARTBEAT_SECONDS = 10
+GRACE_SECONDS = 60
+PARENT_WAIT_SECONDS = 120
 TRIAL_LOG = "train.log"
 # What the trial process runs: the train stage's function, with the trial's parameters.
 TRIAL_PROGRAM = (
@@ -57,6 +68,11 @@ TRIAL_PROGRAM = (
 # Lines kept in each trial's train.log but not echoed to the console: TensorFlow's C++
 # info and warnings (absl format, "I0000 00:00:..."), some printed before its log level
 # applies, and the rows of the model summary table.
+# Each worker records its own trials' heartbeats (Optuna does so only inside
+# Study.optimize, which cannot run trials as processes on MLflow runs) and calls
+# fail_stale_trials itself; Optuna warns about both uses.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 QUIET_LINE = re.compile(
     r"^(WARNING: All log messages before absl|[IW]\d{4} \d\d:\d\d:|\s*[┏┃┡│├└])"
 )
@@ -270,64 +286,237 @@ def default_study_storage(study_name: str) -> str:
 def counts_as_done(trial: optuna.trial.FrozenTrial) -> bool:
     """Finished trials a resumed sweep must not repeat: completed, or failed by itself.
 
-    A trial interrupted by a killed sweep is failed on resume without a failure message and
-    run again.
+    A trial whose worker died is failed without a failure message and queued again.
     """
     if trial.state == optuna.trial.TrialState.COMPLETE:
         return True
     return trial.state == optuna.trial.TrialState.FAIL and FAILURE_ATTRIBUTE in trial.user_attrs
 
 
-def recover_interrupted(study: optuna.Study, client: mlflow.MlflowClient) -> int:
-    """Fail the trials a killed sweep left running and queue their parameters again.
+def counts_against_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """Trials that use up n_trials: done, running, or queued to run again."""
+    return counts_as_done(trial) or trial.state in (
+        optuna.trial.TrialState.RUNNING,
+        optuna.trial.TrialState.WAITING,
+    )
 
-    Returns:
-        How many trials were recovered.
+
+def this_worker() -> str:
+    """How trials name the process that runs them: host and process ID."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def requeue_dead_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue a trial whose worker died (already FAIL) again and mark its MLflow run KILLED.
+
+    Optuna calls this for a trial whose heartbeat stopped (`optuna.storages.fail_stale_trials`,
+    in exactly one of the processes that notice); `recover_dead_local_trials` for one whose
+    process on this host is gone.
     """
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    for trial in running:
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(trial.params)
-        run_id = trial.user_attrs.get(RUN_ID_ATTRIBUTE)
-        if run_id and client.get_run(run_id).info.status == "RUNNING":
+    study.enqueue_trial(trial.params)
+    run_id = trial.user_attrs.get(RUN_ID_ATTRIBUTE)
+    if run_id:
+        client = mlflow.MlflowClient()
+        if client.get_run(run_id).info.status == "RUNNING":
             client.set_terminated(run_id, "KILLED")
-    return len(running)
+    print(
+        f"trial {trial.number} lost its worker {trial.user_attrs.get(WORKER_ATTRIBUTE, '?')}: "
+        "queued again",
+        flush=True,
+    )
 
 
-def plan_trials(study: optuna.Study, space: SearchSpace, sampler: str, n_trials: int) -> int:
-    """Queue what is left to run and return how many trials to ask for in this session.
+def recover_dead_local_trials(study: optuna.Study) -> int:
+    """Fail and requeue the running trials of this host whose process has ended.
 
-    Call after `recover_interrupted`. For a grid, every point that no trial has yet is
-    queued (only the first n_trials points when n_trials > 0); a finished or failed point
-    is not run again, an interrupted one is already queued again. For TPE, n_trials counts
-    the finished trials of earlier sessions too.
+    Another host's trials are left to the heartbeat: their process cannot be checked from
+    here. Returns how many were recovered.
     """
-    if sampler == "tpe":
-        done = sum(counts_as_done(trial) for trial in study.get_trials(deepcopy=False))
-        return max(0, n_trials - done)
+    host = socket.gethostname()
+    recovered = 0
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = trial.user_attrs.get(WORKER_ATTRIBUTE, "")
+        worker_host, _, pid = worker.rpartition(":")
+        if worker_host != host or not pid.isdigit() or process_alive(int(pid)):
+            continue
+        try:
+            failed = study._storage.set_trial_state_values(
+                trial._trial_id, state=optuna.trial.TrialState.FAIL
+            )
+        except optuna.exceptions.UpdateFinishedTrialError:
+            failed = False  # another process recovered it first
+        if failed:
+            requeue_dead_trial(study, trial)
+            recovered += 1
+    return recovered
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_dead_trials(study: optuna.Study) -> int:
+    """Requeue trials whose worker died: on this host at once, elsewhere by heartbeat."""
+    recovered = recover_dead_local_trials(study)
+    before = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    optuna.storages.fail_stale_trials(study)  # calls requeue_dead_trial for each
+    after = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    return recovered + max(0, after - before)
+
+
+def queue_grid(study: optuna.Study, space: SearchSpace, n_trials: int) -> None:
+    """Queue the grid's points that no trial has yet (only the first n_trials when > 0).
+
+    Done by the process that created the study, before other workers may join, and by a
+    later sweep that extends the grid.
+    """
     points = space.grid()
     for point in points[:n_trials] if n_trials > 0 else points:
         study.enqueue_trial(point, skip_if_exists=True)
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
 
 
-def open_study(name: str, storage: str, direction: str) -> optuna.Study:
-    """Create the study, or load it to resume, with a TPE sampler seeded by its size.
+def next_trial(
+    study: optuna.Study, space: SearchSpace, sampler: str, n_trials: int
+) -> optuna.Trial | None:
+    """The next trial for this worker, or None when the sweep's budget is used up.
 
-    Seeding with the number of trials already stored keeps a fresh study reproducible and
-    stops a resumed one from proposing its first session's trials again. Grid points are
-    queued explicitly, so the sampler only matters for TPE.
+    Grid: only queued points are run. TPE: n_trials counts every worker's trials. Optuna
+    numbers trials atomically, so when two workers ask for the last place at the same moment
+    the one with the higher number sees it is over budget and gives its trial up (PRUNED,
+    never trained).
     """
-    study = optuna.create_study(
-        study_name=name, storage=storage, direction=direction, load_if_exists=True
-    )
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    if sampler == "grid" and not waiting:
+        return None
+    if sampler == "tpe" and sum(map(counts_against_budget, study.get_trials(deepcopy=False))) >= (
+        n_trials
+    ):
+        return None
+    trial = study.ask(space.distributions())
+    frozen = study._storage.get_trial(trial._trial_id)
+    if sampler == "grid":
+        over = "fixed_params" not in frozen.system_attrs  # the queue emptied meanwhile
+    else:
+        earlier = [t for t in study.get_trials(deepcopy=False) if t.number <= trial.number]
+        over = sum(map(counts_against_budget, earlier)) > n_trials
+    if over:
+        trial.set_user_attr(FAILURE_ATTRIBUTE, "not run: another worker took the last place")
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return None
+    trial.set_user_attr(WORKER_ATTRIBUTE, this_worker())
+    return trial
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study's database, with heartbeats so that a dead worker's trial is run again.
+
+    Raises:
+        ValueError: If the database holds another program's tables (MLflow's, say).
+    """
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=GRACE_SECONDS,
+            heartbeat_stale_trial_callback=requeue_dead_trial,
+        )
+    except RuntimeError as error:
+        if "no longer compatible with the table schema" not in str(error):
+            raise
+        raise ValueError(
+            f"study_storage {url} already holds another program's tables (MLflow's tracking "
+            "database, say: both keep an alembic_version table). Put the study in a database "
+            "of its own, such as .../optuna"
+        ) from error
+
+
+def open_study(name: str, storage: str, direction: str) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it to join or resume it.
+
+    Returns:
+        (the study, whether this process created it). Creating is atomic, so among workers
+        started at once exactly one creates the study, queues the grid and makes the parent
+        run; the others join.
+    """
+    rdb = open_storage(storage)
+    try:
+        # Seeded so that a fresh study is reproducible; joining workers sample unseeded so
+        # that two of them do not propose the same TPE trials.
+        study = optuna.create_study(
+            study_name=name,
+            storage=rdb,
+            direction=direction,
+            sampler=optuna.samplers.TPESampler(seed=0),
+        )
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(
+            study_name=name, storage=rdb, sampler=optuna.samplers.TPESampler()
+        )
     if study.direction.name.lower() != direction:
         raise ValueError(
             f"study {name!r} in {storage} was made to {study.direction.name.lower()}; "
             f"pick another study_name to {direction}"
         )
-    study.sampler = optuna.samplers.TPESampler(seed=len(study.get_trials(deepcopy=False)))
-    return study
+    return study, False
+
+
+def sweep_parent(study: optuna.Study, own_run_id: str, created: bool) -> str:
+    """The MLflow run every worker's trials nest under: the study creator's run.
+
+    The creator records its run in the study; a joining worker waits for that record.
+    """
+    if created:
+        study.set_user_attr(PARENT_RUN_ATTRIBUTE, own_run_id)
+        return own_run_id
+    deadline = time.monotonic() + PARENT_WAIT_SECONDS
+    while PARENT_RUN_ATTRIBUTE not in study.user_attrs:
+        if time.monotonic() > deadline:
+            raise ValueError(
+                f"study {study.study_name!r} has no sweep run after {PARENT_WAIT_SECONDS} s: "
+                "the worker that created it died while starting; use another study_name"
+            )
+        time.sleep(1)
+    return study.user_attrs[PARENT_RUN_ATTRIBUTE]
+
+
+class Heartbeat:
+    """Record a heartbeat for this worker's running trials every HEARTBEAT_SECONDS."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._storage = study._storage
+        self.trial_ids: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def start(self, trial: optuna.Trial) -> None:
+        """Beat for this trial from now on (the first beat at once)."""
+        self._storage.record_heartbeat(trial._trial_id)
+        self.trial_ids.add(trial._trial_id)
+
+    def stop(self, trial: optuna.Trial) -> None:
+        """Stop beating for a finished trial."""
+        self.trial_ids.discard(trial._trial_id)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            for trial_id in list(self.trial_ids):
+                self._storage.record_heartbeat(trial_id)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 # ------------------------------------------------------------------------- one trial
@@ -478,8 +667,19 @@ def plot_objective(
     return figure
 
 
-def log_summary(study: optuna.Study, space: SearchSpace, metric: str) -> optuna.trial.FrozenTrial:
-    """Log the best trial's parameters, metric and run, the trials table and the plot.
+def log_summary(
+    study: optuna.Study,
+    space: SearchSpace,
+    metric: str,
+    parent_run_id: str,
+    client: mlflow.MlflowClient,
+) -> optuna.trial.FrozenTrial:
+    """Log the study's best trial so far, the trials table and the plot to the sweep run.
+
+    Every worker does this when it ends, over every worker's trials, so the sweep run ends
+    up with the best of all. The best parameters are tags (`mlpipe.best.<name>`), not
+    parameters, because a later worker may find a better trial and MLflow parameters cannot
+    change.
 
     Returns:
         The best trial.
@@ -495,22 +695,22 @@ def log_summary(study: optuna.Study, space: SearchSpace, metric: str) -> optuna.
         )
     best = study.best_trial
     best_run_id = best.user_attrs[RUN_ID_ATTRIBUTE]
-    mlflow.log_params({f"best_{name}": value for name, value in best.params.items()})
-    mlflow.log_metric(f"best_{metric}", best.value)
-    mlflow.set_tags(
-        {
-            lineage.BEST_RUN_TAG: best_run_id,
-            BEST_MODEL_TAG: lineage.artifact_uri(best_run_id, training.MODEL_ARTIFACT),
-            "mlpipe.best_trial_number": str(best.number),
-        }
-    )
+    client.log_metric(parent_run_id, f"best_{metric}", best.value)
+    tags = {f"{BEST_PARAMETER_TAG_PREFIX}{name}": str(value) for name, value in best.params.items()}
+    tags |= {
+        lineage.BEST_RUN_TAG: best_run_id,
+        BEST_MODEL_TAG: lineage.artifact_uri(best_run_id, training.MODEL_ARTIFACT),
+        "mlpipe.best_trial_number": str(best.number),
+    }
+    for name, value in tags.items():
+        client.set_tag(parent_run_id, name, value)
     table = study.trials_dataframe(attrs=("number", "value", "params", "state", "user_attrs"))
+    figure = plot_objective(completed, space, metric, best.number)
     with tempfile.TemporaryDirectory() as tmp:
         table_path = Path(tmp) / "trials.csv"
         table.to_csv(table_path, index=False)
-        mlflow.log_artifact(str(table_path))
-    figure = plot_objective(completed, space, metric, best.number)
-    mlflow.log_figure(figure, "plots/objective_by_parameter.png")
+        client.log_artifact(parent_run_id, str(table_path))
+        client.log_figure(parent_run_id, figure, "plots/objective_by_parameter.png")
     plt.close(figure)
     return best
 
@@ -564,18 +764,26 @@ def run_sweep(
         pass  # a URI without preprocessed data fails here, before the study is opened
     study_name = study_name or default_study_name(data, search_space, sampler, metric, direction)
     study_storage = study_storage or default_study_storage(study_name)
-    study = open_study(study_name, study_storage, direction)
+    study, created = open_study(study_name, study_storage, direction)
 
-    with lineage.start_stage_run("train_batch", input_uri=data) as parent:
+    with lineage.start_stage_run("train_batch", input_uri=data) as own_run:
         client = mlflow.MlflowClient()
-        recovered = recover_interrupted(study, client)
-        to_run = plan_trials(study, space, sampler, n_trials)
+        recovered = recover_dead_trials(study)
+        if sampler == "grid" and created:
+            queue_grid(study, space, n_trials)
+        parent_run_id = sweep_parent(study, own_run.info.run_id, created)
+        if sampler == "grid" and not created:
+            queue_grid(study, space, n_trials)  # a later sweep may extend the grid
         finished_before = sum(counts_as_done(trial) for trial in study.get_trials(deepcopy=False))
+        role = "this run" if parent_run_id == own_run.info.run_id else f"run {parent_run_id}"
         print(
             f"study {study_name} ({sampler}, {direction} {metric}) in {study_storage}: "
-            f"{finished_before} trial(s) finished before, {recovered} interrupted, "
-            f"{to_run} to run with {workers} worker(s)"
+            f"{finished_before} trial(s) finished before, {recovered} requeued from dead "
+            f"workers; sweep run: {role}"
         )
+        if parent_run_id != own_run.info.run_id:
+            # A joining worker's own run shows under the sweep, beside the trials.
+            mlflow.set_tags({MLFLOW_PARENT_RUN_ID: parent_run_id, WORKER_TAG: parent_run_id})
         # `mlflow run` logged the parameters as given ("auto", ""); these are what they became.
         mlflow.set_tags(
             {
@@ -591,13 +799,13 @@ def run_sweep(
                 "swept_parameters": ",".join(d.name for d in space.dimensions),
             }
         )
-        run_trials(study, space, data, to_run, workers, metric, parent.info, client)
-        best = log_summary(study, space, metric)
-        parent_run_id = parent.info.run_id
+        parent = client.get_run(parent_run_id).info
+        run_trials(study, space, sampler, n_trials, data, workers, metric, parent, client)
+        best = log_summary(study, space, metric, parent_run_id, client)
     best_run_id = best.user_attrs[RUN_ID_ATTRIBUTE]
     best_model_uri = lineage.artifact_uri(best_run_id, training.MODEL_ARTIFACT)
     shown = ", ".join(f"{name}={format_value(value)}" for name, value in best.params.items())
-    print(f"\nbest trial {best.number}: {metric} {best.value:.4f} with {shown}")
+    print(f"\nbest trial {best.number} of the study: {metric} {best.value:.4f} with {shown}")
     print(f"best run ID: {best_run_id}")
     print(f"sweep run ID: {parent_run_id} (tagged {lineage.BEST_RUN_TAG}={best_run_id})")
     print(f"best model URI: {best_model_uri}")
@@ -640,16 +848,18 @@ def start_child_run(
 def run_trials(
     study: optuna.Study,
     space: SearchSpace,
+    sampler: str,
+    n_trials: int,
     data: str,
-    to_run: int,
     workers: int,
     metric: str,
     parent: mlflow.entities.RunInfo,
     client: mlflow.MlflowClient,
 ) -> None:
-    """Ask for `to_run` trials, run up to `workers` at once, and tell Optuna each result.
+    """Run trials, up to `workers` at once, until the sweep's budget is used up.
 
-    Optuna is only called from this thread; worker threads only wait for trial processes.
+    Optuna is only called from this thread (and the heartbeat's); worker threads only wait
+    for trial processes. Dead workers' trials are requeued before every new trial.
     """
     print_lock = threading.Lock()
     # Children share the parent's source and git commit, as `mlflow run` records them.
@@ -659,12 +869,20 @@ def run_trials(
         if name.startswith("mlflow.source.")
     }
     running: dict[Future, tuple[optuna.Trial, str]] = {}
-    asked = 0
-    with tempfile.TemporaryDirectory() as log_dir, ThreadPoolExecutor(workers) as pool:
-        while asked < to_run or running:
-            while asked < to_run and len(running) < workers:
-                trial = study.ask(space.distributions())
-                asked += 1
+    exhausted = False
+    with (
+        tempfile.TemporaryDirectory() as log_dir,
+        ThreadPoolExecutor(workers) as pool,
+        Heartbeat(study) as heartbeat,
+    ):
+        while not exhausted or running:
+            while not exhausted and len(running) < workers:
+                recover_dead_trials(study)
+                trial = next_trial(study, space, sampler, n_trials)
+                if trial is None:
+                    exhausted = True
+                    break
+                heartbeat.start(trial)
                 arguments = {"data": data, **space.fixed, **trial.params}
                 run_id = start_child_run(client, parent, trial.number, arguments, source_tags)
                 trial.set_user_attr(RUN_ID_ATTRIBUTE, run_id)
@@ -675,10 +893,13 @@ def run_trials(
                     run_trial_process, arguments, run_id, label, workers, log_path, print_lock
                 )
                 running[future] = (trial, run_id)
+            if not running:
+                break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 trial, run_id = running.pop(future)
                 finish_trial(study, trial, run_id, future.result(), metric, client, print_lock)
+                heartbeat.stop(trial)
 
 
 def finish_trial(

@@ -1,5 +1,8 @@
 """The train_batch stage through the real `mlflow run`: grid, Optuna, failures and resuming."""
 
+import socket
+import subprocess
+
 import optuna
 import pytest
 
@@ -56,7 +59,7 @@ def test_grid_sweep_runs_each_point_as_a_child_and_survives_a_failed_trial(
     assert parent.data.tags["mlpipe.stage"] == "train_batch"
     assert parent.data.tags[lineage.BEST_RUN_TAG] == best.info.run_id
     assert parent.data.tags[sweeps.BEST_MODEL_TAG] == f"runs:/{best.info.run_id}/model"
-    assert parent.data.params["best_conv_filters"] == best.data.params["conv_filters"]
+    assert parent.data.tags["mlpipe.best.conv_filters"] == best.data.params["conv_filters"]
     assert parent.data.metrics["best_val_accuracy"] == best.data.metrics["val_accuracy"]
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "plots")}
     assert artifacts == {"plots/objective_by_parameter.png"}
@@ -68,7 +71,9 @@ def test_grid_sweep_runs_each_point_as_a_child_and_survives_a_failed_trial(
     )
 
 
-def test_optuna_sweep_resumes_without_repeating_finished_trials(tracking, sweep_data, tmp_path):
+def test_a_killed_sweep_started_again_reruns_only_its_interrupted_trial(
+    tracking, sweep_data, tmp_path
+):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     settings = {
         "data": sweep_data,
@@ -83,21 +88,36 @@ def test_optuna_sweep_resumes_without_repeating_finished_trials(tracking, sweep_
     assert len(first_children) == 2
     assert tracking["client"].get_run(first["run_id"]).data.tags["mlpipe.sampler"] == "tpe"
 
-    # A sweep killed during its third trial leaves that trial running in the study.
+    # A worker on this machine killed during its trial (its process is gone, the trial is
+    # still RUNNING in the study, its run RUNNING in MLflow).
     study = optuna.load_study(study_name="resume", storage=storage)
     space = sweeps.parse_search_space({"learning_rate": settings["learning_rate"]})
     interrupted = study.ask(space.distributions())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    interrupted.set_user_attr(sweeps.WORKER_ATTRIBUTE, f"{socket.gethostname()}:{dead.pid}")
+    killed_run = tracking["client"].create_run(
+        tracking["experiment_id"], tags={"mlflow.parentRunId": first["run_id"]}
+    )
+    interrupted.set_user_attr(sweeps.RUN_ID_ATTRIBUTE, killed_run.info.run_id)
 
-    second = mlflow_run(tracking, "train_batch", n_trials=3, **settings)
-    assert "2 trial(s) finished before, 1 interrupted, 1 to run" in second["output"]
-    second_children = child_runs(tracking, second["run_id"])
-    assert len(second_children) == 1
-    rerun = float(second_children[0].data.params["learning_rate"])
-    assert rerun == pytest.approx(interrupted.params["learning_rate"])
+    second = mlflow_run(tracking, "train_batch", n_trials=4, **settings)
+    assert "2 trial(s) finished before, 1 requeued from dead workers" in second["output"]
+    assert f"sweep run: run {first['run_id']}" in second["output"]
+    assert tracking["client"].get_run(killed_run.info.run_id).info.status == "KILLED"
+    children = [
+        child
+        for child in child_runs(tracking, first["run_id"])
+        if "mlpipe.trial_number" in child.data.tags
+    ]
+    assert len(children) == 4  # 2 + the rerun + 1 more: one sweep, one parent
+    rerun = [float(child.data.params["learning_rate"]) for child in children[2:]]
+    assert interrupted.params["learning_rate"] == pytest.approx(rerun[0])
     states = [
         trial.state.name for trial in optuna.load_study(study_name="resume", storage=storage).trials
     ]
-    assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
-    best_run_id = tracking["client"].get_run(second["run_id"]).data.tags[lineage.BEST_RUN_TAG]
-    all_children = {child.info.run_id for child in first_children + second_children}
-    assert best_run_id in all_children
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    worker_run = tracking["client"].get_run(second["run_id"])
+    assert worker_run.data.tags[sweeps.WORKER_TAG] == first["run_id"]
+    best_run_id = tracking["client"].get_run(first["run_id"]).data.tags[lineage.BEST_RUN_TAG]
+    assert best_run_id in {child.info.run_id for child in children}

@@ -2,6 +2,9 @@
 
 import importlib.util
 import inspect
+import socket
+import subprocess
+import time
 
 import mlflow
 import optuna
@@ -151,58 +154,106 @@ def test_train_parameters_agree_across_run_train_and_the_scripts():
             assert actions[name].default == parameter.default, name
 
 
-def grid_study(tmp_path, name="grid"):
-    return optuna.create_study(
-        study_name=name, storage=f"sqlite:///{tmp_path / 'study.db'}", load_if_exists=True
-    )
+def open_test_study(tmp_path, name="grid"):
+    return sweeps.open_study(name, f"sqlite:///{tmp_path / 'study.db'}", "maximize")
 
 
-def test_a_grid_queues_only_the_points_not_finished(tmp_path, use_tracking):
+def as_dead_local_worker(trial) -> None:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    trial.set_user_attr(sweeps.WORKER_ATTRIBUTE, f"{socket.gethostname()}:{process.pid}")
+
+
+def test_a_grid_is_queued_once_and_a_dead_workers_point_runs_again(tmp_path, use_tracking):
     space = sweeps.parse_search_space({"conv_filters": "8,16,32,64"})
-    study = grid_study(tmp_path)
-    assert sweeps.plan_trials(study, space, "grid", 0) == 4
-    finished = study.ask(space.distributions())
+    study, created = open_test_study(tmp_path)
+    assert created
+    sweeps.queue_grid(study, space, 0)
+    finished = sweeps.next_trial(study, space, "grid", 0)
     study.tell(finished, 0.9)
-    failed = study.ask(space.distributions())
+    failed = sweeps.next_trial(study, space, "grid", 0)
     failed.set_user_attr(sweeps.FAILURE_ATTRIBUTE, "exit code 1")
     study.tell(failed, state=optuna.trial.TrialState.FAIL)
-    interrupted = study.ask(space.distributions())  # the sweep is killed here
+    interrupted = sweeps.next_trial(study, space, "grid", 0)
+    as_dead_local_worker(interrupted)
+    alive = sweeps.next_trial(study, space, "grid", 0)  # this process: still running
 
-    # A new session: the interrupted point runs again, the finished and failed ones do not,
-    # and the point still queued is not queued twice.
-    resumed = grid_study(tmp_path)
-    assert sweeps.recover_interrupted(resumed, use_tracking["client"]) == 1
-    assert sweeps.plan_trials(resumed, space, "grid", 0) == 2
-    left = [resumed.ask(space.distributions()).params["conv_filters"] for _ in range(2)]
-    assert sorted(left) == sorted([interrupted.params["conv_filters"], 64])
-    assert {finished.params["conv_filters"], failed.params["conv_filters"]} == {8, 16}
+    # A second worker joins: it queues nothing new, requeues the dead worker's point only.
+    joined, created = open_test_study(tmp_path)
+    assert not created
+    sweeps.queue_grid(joined, space, 0)
+    assert sweeps.recover_dead_trials(joined) == 1
+    again = sweeps.next_trial(joined, space, "grid", 0)
+    assert again.params == interrupted.params
+    assert sweeps.next_trial(joined, space, "grid", 0) is None
+    study.tell(alive, 0.5)
+    counts = {}
+    for trial in joined.get_trials():
+        if sweeps.counts_as_done(trial) or trial.state.name == "RUNNING":
+            key = trial.params["conv_filters"]
+            counts[key] = counts.get(key, 0) + 1
+    assert counts == {8: 1, 16: 1, 32: 1, 64: 1}
 
 
-def test_a_grid_with_n_trials_runs_the_first_points_only(tmp_path):
+def test_a_grid_with_n_trials_queues_the_first_points_only(tmp_path):
     space = sweeps.parse_search_space({"conv_filters": "8,16,32"})
-    assert sweeps.plan_trials(grid_study(tmp_path), space, "grid", 2) == 2
+    study, _ = open_test_study(tmp_path)
+    sweeps.queue_grid(study, space, 2)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 2
 
 
-def test_interrupted_trials_are_failed_and_run_again(tmp_path, use_tracking):
+def test_the_tpe_budget_counts_every_workers_trials(tmp_path):
     space = sweeps.parse_search_space({"learning_rate": "1e-4:1e-2:log"})
-    study = grid_study(tmp_path, "tpe")
-    done = study.ask(space.distributions())
-    study.tell(done, 0.8)
-    interrupted = study.ask(space.distributions())
+    first, _ = open_test_study(tmp_path, "tpe")
+    second, _ = open_test_study(tmp_path, "tpe")
+    mine = sweeps.next_trial(first, space, "tpe", 2)
+    theirs = sweeps.next_trial(second, space, "tpe", 2)
+    assert mine is not None and theirs is not None
+    assert sweeps.next_trial(first, space, "tpe", 2) is None
+    assert sweeps.next_trial(second, space, "tpe", 2) is None
+    first.tell(mine, 0.8)
+    assert sweeps.next_trial(second, space, "tpe", 3) is not None
+
+
+def test_a_trial_without_heartbeat_is_requeued_and_its_run_killed(
+    tmp_path, use_tracking, monkeypatch
+):
+    monkeypatch.setattr(sweeps, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(sweeps, "GRACE_SECONDS", 1)
+    space = sweeps.parse_search_space({"learning_rate": "1e-4:1e-2:log"})
+    study, _ = open_test_study(tmp_path, "tpe")
+    elsewhere = sweeps.next_trial(study, space, "tpe", 3)
+    elsewhere.set_user_attr(sweeps.WORKER_ATTRIBUTE, "another-machine:1234")
     with mlflow.start_run() as run:
         pass
     use_tracking["client"].set_terminated(run.info.run_id, "RUNNING")
-    interrupted.set_user_attr(sweeps.RUN_ID_ATTRIBUTE, run.info.run_id)
-
-    resumed = grid_study(tmp_path, "tpe")
-    assert sweeps.recover_interrupted(resumed, use_tracking["client"]) == 1
+    elsewhere.set_user_attr(sweeps.RUN_ID_ATTRIBUTE, run.info.run_id)
+    with sweeps.Heartbeat(study) as heartbeat:
+        heartbeat.start(elsewhere)
+        heartbeat.stop(elsewhere)  # the machine dies: no more heartbeats
+    assert sweeps.recover_dead_trials(study) == 0  # within the grace period
+    time.sleep(2.5)
+    assert sweeps.recover_dead_trials(study) == 1
     assert use_tracking["client"].get_run(run.info.run_id).info.status == "KILLED"
-    assert sweeps.plan_trials(resumed, space, "tpe", 3) == 2
-    again = resumed.ask(space.distributions())
-    assert again.params == interrupted.params
-    states = [trial.state for trial in resumed.get_trials()]
-    assert states[:2] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
-    assert not sweeps.counts_as_done(resumed.get_trials()[1])
+    again = sweeps.next_trial(study, space, "tpe", 3)
+    assert again.params == elsewhere.params
+    assert not sweeps.counts_as_done(study.get_trials()[0])
+
+
+def test_a_study_in_mlflows_database_is_refused_naming_the_fix(use_tracking):
+    with pytest.raises(ValueError, match="database of its own"):
+        sweeps.open_storage(use_tracking["uri"])
+
+
+def test_workers_nest_under_the_run_of_the_worker_that_created_the_study(tmp_path, monkeypatch):
+    study, created = open_test_study(tmp_path)
+    assert sweeps.sweep_parent(study, "creator-run", created) == "creator-run"
+    joined, created = open_test_study(tmp_path)
+    assert sweeps.sweep_parent(joined, "my-run", created) == "creator-run"
+    orphan, _ = open_test_study(tmp_path, "orphan")
+    monkeypatch.setattr(sweeps, "PARENT_WAIT_SECONDS", 0)
+    with pytest.raises(ValueError, match="has no sweep run"):
+        sweeps.sweep_parent(orphan, "my-run", False)
 
 
 def test_the_objective_is_read_at_the_best_epoch(use_tracking):
