@@ -53,10 +53,11 @@ FAILURE_ATTRIBUTE = "failure"
 WORKER_ATTRIBUTE = "worker"
 PARENT_RUN_ATTRIBUTE = "mlflow_parent_run_id"
 WORKER_TAG = "mlpipe.sweep_worker_of"
-# A worker records a heartbeat for each running trial this often; a trial without one for
-# GRACE_SECONDS is taken as dead (its machine crashed or was killed) and queued again.
-HEARTBEAT_SECONDS = 10
-GRACE_SECONDS = 60
+WORKER_RUN_ATTRIBUTE = "worker_run_id"
+# A trial without a heartbeat for GRACE_SECONDS is taken as dead (its machine crashed or
+# was killed) and queued again; workers beat six times per grace period.
+GRACE_SECONDS = int(os.environ.get("MLPIPE_SWEEP_GRACE_SECONDS", "60"))
+HEARTBEAT_SECONDS = max(1, GRACE_SECONDS // 6)
 PARENT_WAIT_SECONDS = 120
 TRIAL_LOG = "train.log"
 # What the trial process runs: the train stage's function, with the trial's parameters.
@@ -314,10 +315,13 @@ def requeue_dead_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> 
     process on this host is gone.
     """
     study.enqueue_trial(trial.params)
-    run_id = trial.user_attrs.get(RUN_ID_ATTRIBUTE)
-    if run_id:
-        client = mlflow.MlflowClient()
-        if client.get_run(run_id).info.status == "RUNNING":
+    client = mlflow.MlflowClient()
+    # The trial's run, and the dead worker's own run unless it is the sweep's parent run,
+    # which the last worker to finish closes.
+    parent_run_id = study.user_attrs.get(PARENT_RUN_ATTRIBUTE)
+    for name in (RUN_ID_ATTRIBUTE, WORKER_RUN_ATTRIBUTE):
+        run_id = trial.user_attrs.get(name)
+        if run_id and run_id != parent_run_id and client.get_run(run_id).info.status == "RUNNING":
             client.set_terminated(run_id, "KILLED")
     print(
         f"trial {trial.number} lost its worker {trial.user_attrs.get(WORKER_ATTRIBUTE, '?')}: "
@@ -485,6 +489,22 @@ def sweep_parent(study: optuna.Study, own_run_id: str, created: bool) -> str:
             )
         time.sleep(1)
     return study.user_attrs[PARENT_RUN_ATTRIBUTE]
+
+
+def close_orphaned_parent(
+    study: optuna.Study, parent_run_id: str, client: mlflow.MlflowClient
+) -> None:
+    """Mark the sweep run FINISHED once no trial is running or queued.
+
+    The sweep run is the run of the worker that created the study; if that worker died, its
+    run would otherwise stay RUNNING. A live creator ends its run itself as well.
+    """
+    left = study.get_trials(
+        deepcopy=False,
+        states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING),
+    )
+    if not left and client.get_run(parent_run_id).info.status == "RUNNING":
+        client.set_terminated(parent_run_id, "FINISHED")
 
 
 class Heartbeat:
@@ -802,6 +822,8 @@ def run_sweep(
         parent = client.get_run(parent_run_id).info
         run_trials(study, space, sampler, n_trials, data, workers, metric, parent, client)
         best = log_summary(study, space, metric, parent_run_id, client)
+        if parent_run_id != own_run.info.run_id:
+            close_orphaned_parent(study, parent_run_id, client)
     best_run_id = best.user_attrs[RUN_ID_ATTRIBUTE]
     best_model_uri = lineage.artifact_uri(best_run_id, training.MODEL_ARTIFACT)
     shown = ", ".join(f"{name}={format_value(value)}" for name, value in best.params.items())
@@ -862,6 +884,7 @@ def run_trials(
     for trial processes. Dead workers' trials are requeued before every new trial.
     """
     print_lock = threading.Lock()
+    own_run_id = mlflow.active_run().info.run_id
     # Children share the parent's source and git commit, as `mlflow run` records them.
     source_tags = {
         name: value
@@ -883,6 +906,7 @@ def run_trials(
                     exhausted = True
                     break
                 heartbeat.start(trial)
+                trial.set_user_attr(WORKER_RUN_ATTRIBUTE, own_run_id)
                 arguments = {"data": data, **space.fixed, **trial.params}
                 run_id = start_child_run(client, parent, trial.number, arguments, source_tags)
                 trial.set_user_attr(RUN_ID_ATTRIBUTE, run_id)

@@ -5,16 +5,24 @@ and basic-auth login. Each "machine" is a working folder of its own with only th
 URL and credentials in its environment: no shared artifact folder, no shared sqlite file.
 """
 
+import os
 import secrets
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
-import psycopg
+import optuna
+import psutil
 import pytest
 
 import team_stack
-from tests.conftest import FASHION_MNIST_DIR, free_port, mlflow_run
+from mlpipe_vision import lineage, sweeps
+from tests.conftest import FASHION_MNIST_DIR, REPO_DIR, free_port, mlflow_run
+from tests.integration.test_train import gray_images, write_preprocessed
 
 pytestmark = [
     pytest.mark.integration,
@@ -109,6 +117,8 @@ def test_no_password_is_stored_or_printed(stack, two_mains):
     passwords = [stack["PGPASSWORD"], stack["MLFLOW_AUTH_ADMIN_PASSWORD"]]
     printed = two_mains["first"]["output"] + two_mains["second"]["output"]
     files = [path for path in stack["dir"].rglob("*") if path.is_file()]
+    import psycopg
+
     with psycopg.connect(
         host="127.0.0.1",
         port=int(stack["study_storage"].rsplit(":", 1)[1].split("/")[0]),
@@ -134,3 +144,105 @@ def test_a_wrong_password_is_refused_with_a_message_that_names_the_login(stack, 
     result = mlflow_run(wrong, "get_data", check=False, source=FASHION_MNIST_DIR)
     assert result["returncode"] != 0
     assert "401" in result["output"] or "not authenticated" in result["output"].lower()
+
+
+def start_worker(stack: dict, folder: Path, experiment_id: str, **parameters) -> subprocess.Popen:
+    """`mlflow run -e train_batch` in the background, as a worker on its own machine."""
+    folder.mkdir()
+    command = [sys.executable, "-m", "mlflow", "run", str(REPO_DIR), "-e", "train_batch"]
+    command += ["--env-manager", "local", "--experiment-id", experiment_id]
+    for name, value in parameters.items():
+        command += ["-P", f"{name}={value}"]
+    env = {
+        **os.environ,
+        **machine(stack, folder / "unused", experiment_id)["env"],
+        "MLFLOW_TRACKING_URI": stack["tracking_uri"],
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLPIPE_SWEEP_GRACE_SECONDS": "6",
+    }
+    log = (folder / "worker.log").open("w")
+    return subprocess.Popen(
+        command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def running_trial_of(storage: str, worker: subprocess.Popen) -> optuna.trial.FrozenTrial:
+    """Wait for a trial of this worker's process tree in study "shared" to be training."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        pids = {worker.pid} | {child.pid for child in psutil.Process(worker.pid).children(True)}
+        try:
+            trials = optuna.load_study(study_name="shared", storage=storage).get_trials(
+                states=(optuna.trial.TrialState.RUNNING,)
+            )
+        except KeyError:  # not created yet
+            trials = []
+        for trial in trials:
+            worker_pid = int(trial.user_attrs.get(sweeps.WORKER_ATTRIBUTE, ":0").rsplit(":", 1)[1])
+            if worker_pid in pids and sweeps.RUN_ID_ATTRIBUTE in trial.user_attrs:
+                return trial
+        assert worker.poll() is None, "the worker ended before it ran a trial"
+        time.sleep(1)
+    raise AssertionError("no trial started in 10 minutes")
+
+
+def test_one_grid_sweep_over_two_workers_survives_a_killed_worker(stack, team_client, tmp_path):
+    images, labels = gray_images(240, 4)
+    folder = write_preprocessed(tmp_path / "preprocessed", images, labels, list("abcd"), "mnist")
+    experiment_id = team_client.create_experiment("sweep")
+    data_run = team_client.create_run(experiment_id)
+    team_client.log_artifacts(data_run.info.run_id, folder.removeprefix("file://"), "preprocessed")
+    settings = {
+        "data": f"runs:/{data_run.info.run_id}/preprocessed",
+        "conv_filters": "4,6,8,10",
+        "convolutions": "1",
+        "epochs": "1",
+        "study_name": "shared",
+        "study_storage": stack["study_storage"],
+    }
+    first = start_worker(stack, tmp_path / "a", experiment_id, **settings)
+    second = start_worker(stack, tmp_path / "b", experiment_id, **settings)
+    os.environ["PGPASSWORD"] = stack["PGPASSWORD"]
+    try:
+        killed = running_trial_of(stack["study_storage"], first)
+        os.killpg(first.pid, signal.SIGKILL)
+        assert second.wait(timeout=900) == 0, (tmp_path / "b" / "worker.log").read_text()[-3000:]
+        study = optuna.load_study(study_name="shared", storage=stack["study_storage"])
+        trials = study.trials
+    finally:
+        del os.environ["PGPASSWORD"]
+        for worker in (first, second):
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+
+    completed = [trial for trial in trials if trial.state.name == "COMPLETE"]
+    assert sorted(trial.params["conv_filters"] for trial in completed) == [4, 6, 8, 10]
+    assert [trial.number for trial in trials if trial.state.name == "FAIL"] == [killed.number]
+    assert not [trial for trial in trials if trial.state.name in ("RUNNING", "WAITING")]
+
+    parent_id = study.user_attrs[sweeps.PARENT_RUN_ATTRIBUTE]
+    trial_runs = {trial.user_attrs[sweeps.RUN_ID_ATTRIBUTE]: trial for trial in trials}
+    for run_id in trial_runs:
+        run = team_client.get_run(run_id)
+        assert run.data.tags["mlflow.parentRunId"] == parent_id
+    assert team_client.get_run(killed.user_attrs[sweeps.RUN_ID_ATTRIBUTE]).info.status == "KILLED"
+    for trial in completed:
+        assert team_client.get_run(trial.user_attrs[sweeps.RUN_ID_ATTRIBUTE]).info.status == (
+            "FINISHED"
+        )
+    # The sweep run and the killed worker's own run (when it is not the sweep run) are
+    # closed, not RUNNING forever.
+    assert team_client.get_run(parent_id).info.status == "FINISHED"
+    killed_worker_run = killed.user_attrs[sweeps.WORKER_RUN_ATTRIBUTE]
+    if killed_worker_run != parent_id:
+        assert team_client.get_run(killed_worker_run).info.status == "KILLED"
+    parent = team_client.get_run(parent_id)
+    assert (
+        parent.data.tags[lineage.BEST_RUN_TAG]
+        == (max(completed, key=lambda trial: trial.value).user_attrs[sweeps.RUN_ID_ATTRIBUTE])
+    )
+
+    package = mlflow_run(
+        machine(stack, tmp_path / "c", experiment_id), "package", model=f"runs:/{parent_id}"
+    )
+    assert package["returncode"] == 0
