@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -418,6 +419,22 @@ def next_trial(
     return trial
 
 
+def check_no_password(url: str) -> None:
+    """Refuse a study URL with a password in it: `mlflow run` logs every -P value.
+
+    Raises:
+        ValueError: Naming where the password belongs instead.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.password:
+        shown = url.replace(f":{parsed.password}@", ":***@")
+        raise ValueError(
+            f"study_storage {shown} contains a password, and mlflow run logs every -P value "
+            "as a run parameter (delete this run to remove it). Drop it from the URL "
+            "(postgresql+psycopg://user@host/db) and give it in PGPASSWORD or ~/.pgpass"
+        )
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """The study's database, with heartbeats so that a dead worker's trial is run again.
 
@@ -784,6 +801,7 @@ def run_sweep(
         pass  # a URI without preprocessed data fails here, before the study is opened
     study_name = study_name or default_study_name(data, search_space, sampler, metric, direction)
     study_storage = study_storage or default_study_storage(study_name)
+    check_no_password(study_storage)
     study, created = open_study(study_name, study_storage, direction)
 
     with lineage.start_stage_run("train_batch", input_uri=data) as own_run:

@@ -284,3 +284,11 @@ def test_the_objective_is_read_at_the_best_epoch(use_tracking):
 )
 def test_only_useful_trial_lines_are_echoed(line, echoed):
     assert sweeps.is_echoed(line) is echoed
+
+
+def test_a_study_url_with_a_password_is_refused_without_showing_it():
+    with pytest.raises(ValueError, match="PGPASSWORD") as error:
+        sweeps.check_no_password("postgresql+psycopg://mlpipe:s3cret@db:5432/optuna")
+    assert "s3cret" not in str(error.value)
+    sweeps.check_no_password("postgresql+psycopg://mlpipe@db:5432/optuna")
+    sweeps.check_no_password("sqlite:////tmp/optuna.db")
