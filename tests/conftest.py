@@ -93,15 +93,13 @@ def use_tracking(tracking, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
-def mlflow_run(tracking: dict, entry_point: str, check: bool = True, **parameters) -> dict:
-    """Run an entry point through the real `mlflow run` CLI, as a user would.
+def mlflow_run_command(
+    tracking: dict, entry_point: str, **parameters
+) -> tuple[list[str], dict[str, str]]:
+    """The `mlflow run` command line and environment of an entry point, as a user runs it.
 
     `tracking` may also hold "env" (more environment variables, such as a login) and "cwd"
     (the working folder; the repository by default).
-
-    Returns:
-        {"run_id", "output" (stdout and stderr), "returncode", "peak_rss" (bytes: the peak
-        resident memory of the command's whole process tree)}.
     """
     command = [sys.executable, "-m", "mlflow", "run", str(REPO_DIR), "-e", entry_point]
     command += ["--env-manager", "local", "--experiment-id", tracking["experiment_id"]]
@@ -114,6 +112,17 @@ def mlflow_run(tracking: dict, entry_point: str, check: bool = True, **parameter
         "TF_CPP_MIN_LOG_LEVEL": "2",
         **tracking.get("env", {}),
     }
+    return command, env
+
+
+def mlflow_run(tracking: dict, entry_point: str, check: bool = True, **parameters) -> dict:
+    """Run an entry point through the real `mlflow run` CLI (`mlflow_run_command`).
+
+    Returns:
+        {"run_id", "output" (stdout and stderr), "returncode", "peak_rss" (bytes: the peak
+        resident memory of the command's whole process tree)}.
+    """
+    command, env = mlflow_run_command(tracking, entry_point, **parameters)
     completed = run_measured(command, timeout=2400, cwd=tracking.get("cwd", REPO_DIR), env=env)
     output = completed["output"]
     if check and completed["returncode"] != 0:

@@ -10,7 +10,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 
 import team_stack
 from mlpipe_vision import lineage, sweeps
-from tests.conftest import FASHION_MNIST_DIR, REPO_DIR, free_port, mlflow_run
+from tests.conftest import FASHION_MNIST_DIR, free_port, mlflow_run, mlflow_run_command
 from tests.integration.test_train import gray_images, write_preprocessed
 
 pytestmark = [
@@ -148,18 +147,9 @@ def test_a_wrong_password_is_refused_with_a_message_that_names_the_login(stack, 
 
 def start_worker(stack: dict, folder: Path, experiment_id: str, **parameters) -> subprocess.Popen:
     """`mlflow run -e train_batch` in the background, as a worker on its own machine."""
-    folder.mkdir()
-    command = [sys.executable, "-m", "mlflow", "run", str(REPO_DIR), "-e", "train_batch"]
-    command += ["--env-manager", "local", "--experiment-id", experiment_id]
-    for name, value in parameters.items():
-        command += ["-P", f"{name}={value}"]
-    env = {
-        **os.environ,
-        **machine(stack, folder / "unused", experiment_id)["env"],
-        "MLFLOW_TRACKING_URI": stack["tracking_uri"],
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "MLPIPE_SWEEP_GRACE_SECONDS": "6",
-    }
+    tracking = machine(stack, folder, experiment_id)
+    tracking["env"]["MLPIPE_SWEEP_GRACE_SECONDS"] = "6"
+    command, env = mlflow_run_command(tracking, "train_batch", **parameters)
     log = (folder / "worker.log").open("w")
     return subprocess.Popen(
         command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
