@@ -197,11 +197,14 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """A tf.data pipeline of (normalized images, one-hot labels) batches, streamed from shards.
 
-    The split's uint8 shards are read one at a time (Python runs once per shard, not per
-    batch: a `from_generator` of batches halved training speed on Fashion-MNIST), shuffled
-    through a buffer of one shard's images, batched, and normalized per batch as
-    `images.normalize` does with meta.json's values, the ones the served model applies.
-    Memory holds about two shards, however many there are.
+    Each shard is read in one NumPy call (`shards.load`) and, for training, put in a random
+    order; shards come in a random order too, both anew every epoch. Batches are cut from the
+    shard and `rebatch` joins a shard's last, short batch with the next shard's first images.
+    They are normalized as `images.normalize` does, with meta.json's values, the ones the
+    served model applies. Python runs once per shard, not per batch (a `from_generator` of
+    batches halved training speed on Fashion-MNIST), and no element is a single image (a
+    per-image shuffle buffer let memory grow with the number of shards), so memory holds
+    about a shard and its shuffled copy whatever the size of the data.
 
     Args:
         folder: A `preprocessed/` folder.
@@ -221,25 +224,35 @@ def make_dataset(
     mean = tf.constant(meta["normalization"]["mean"], tf.float32)
     std = tf.constant(meta["normalization"]["std"], tf.float32)
 
-    def read_shard(position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def read_shard(position: np.ndarray, seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         record = records[int(position)]
-        return shards.load(folder, record, "images"), shards.load(folder, record, "labels")
+        images = shards.load(folder, record, "images")
+        labels = shards.load(folder, record, "labels")
+        if shuffle_seed is None:
+            return images, labels
+        order = np.random.default_rng(int(seed) & (2**63 - 1)).permutation(len(labels))
+        return images[order], labels[order]
 
-    def shard_images(position: tf.Tensor) -> tf.data.Dataset:
-        images, labels = tf.numpy_function(read_shard, [position], (tf.uint8, tf.int64))
+    def shard_batches(position: tf.Tensor, seed: tf.Tensor) -> tf.data.Dataset:
+        images, labels = tf.numpy_function(read_shard, [position, seed], (tf.uint8, tf.int64))
         images.set_shape((None, *image_shape))
         labels.set_shape((None,))
-        return tf.data.Dataset.from_tensor_slices((images, labels))
+        starts = tf.data.Dataset.range(0, tf.shape(labels, out_type=tf.int64)[0], batch_size)
+        return starts.map(
+            lambda start: (images[start : start + batch_size], labels[start : start + batch_size])
+        )
 
-    dataset = tf.data.Dataset.range(len(records))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(records), seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = dataset.flat_map(shard_images)
-    if shuffle_seed is not None:
-        largest = max(record["count"] for record in records)
-        dataset = dataset.shuffle(largest, seed=shuffle_seed, reshuffle_each_iteration=True)
+    positions = tf.data.Dataset.range(len(records))
+    if shuffle_seed is None:
+        seeds = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat()
+    else:
+        positions = positions.shuffle(
+            len(records), seed=shuffle_seed, reshuffle_each_iteration=True
+        )
+        seeds = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True)
+    dataset = tf.data.Dataset.zip(positions, seeds).flat_map(shard_batches).rebatch(batch_size)
     batch_count = math.ceil(int(meta["counts"][split]) / batch_size)
-    dataset = dataset.batch(batch_size).apply(tf.data.experimental.assert_cardinality(batch_count))
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(batch_count))
     dataset = dataset.map(
         lambda x, y: ((tf.cast(x, tf.float32) - mean) / std, tf.one_hot(y, num_classes)),
         num_parallel_calls=tf.data.AUTOTUNE,
