@@ -3,9 +3,12 @@
 import argparse
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 
+import mlflow
+import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -14,6 +17,10 @@ ERROR_TAG = "mlpipe.error"
 
 class StageFailedError(RuntimeError):
     """A stage of the `main` chain failed; the message names the stage and its error."""
+
+
+class TrackingServerDownError(ValueError):
+    """The HTTP tracking server does not answer (so no run can be tagged with the error)."""
 
 
 def str_to_bool(value: str) -> bool:
@@ -77,14 +84,43 @@ def run_or_exit(stage: Callable[..., object], **arguments: object) -> None:
         **arguments: Its arguments, as parsed from the command line.
     """
     try:
+        check_tracking_server()
         stage(**arguments)
     except (ValueError, MlflowException, StageFailedError) as error:
         if os.environ.get("MLPIPE_DEBUG") == "1":
             raise
         message = error.message if isinstance(error, MlflowException) else str(error)
         print(f"error: {message}", file=sys.stderr)
-        record_error(message)
+        if not isinstance(error, TrackingServerDownError):
+            record_error(message)
         sys.exit(1)
+
+
+def check_tracking_server(timeout_seconds: float = 10.0) -> None:
+    """Fail at once when an HTTP tracking server does not answer.
+
+    MLflow's client retries a refused connection for about four minutes before its own
+    traceback; `/health` answers without a login, so any HTTP answer means the server is up.
+
+    Raises:
+        ValueError: Naming the URL and the connection error.
+    """
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_seconds)
+    except requests.Timeout:
+        reason = f"no answer in {timeout_seconds:.0f} s"
+    except requests.RequestException as error:
+        found = re.search(r"\[Errno -?\d+\] [^'\")]+", str(error))
+        reason = found.group(0) if found else type(error).__name__
+    else:
+        return
+    raise TrackingServerDownError(
+        f"the tracking server {uri} does not answer ({reason}). Start it "
+        "(python team_stack.py start) or point MLFLOW_TRACKING_URI at the running one"
+    )
 
 
 def record_error(message: str) -> None:

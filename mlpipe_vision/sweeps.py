@@ -38,6 +38,7 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import optuna  # noqa: E402
+import sqlalchemy.exc  # noqa: E402
 from mlflow.entities import Param  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: E402
 
@@ -439,7 +440,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     """The study's database, with heartbeats so that a dead worker's trial is run again.
 
     Raises:
-        ValueError: If the database holds another program's tables (MLflow's, say).
+        ValueError: If the database cannot be reached or logged into, or holds another
+            program's tables (MLflow's, say).
     """
     try:
         return optuna.storages.RDBStorage(
@@ -448,6 +450,12 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             grace_period=GRACE_SECONDS,
             heartbeat_stale_trial_callback=requeue_dead_trial,
         )
+    except sqlalchemy.exc.OperationalError as error:
+        reason = str(error.orig or error).strip().splitlines()[0]
+        raise ValueError(
+            f"cannot open study_storage {url}: {reason}. Is the database running there, and "
+            "is its password in PGPASSWORD or ~/.pgpass on this machine?"
+        ) from None
     except RuntimeError as error:
         if "no longer compatible with the table schema" not in str(error):
             raise
@@ -505,7 +513,18 @@ def sweep_parent(study: optuna.Study, own_run_id: str, created: bool) -> str:
                 "the worker that created it died while starting; use another study_name"
             )
         time.sleep(1)
-    return study.user_attrs[PARENT_RUN_ATTRIBUTE]
+    parent_run_id = study.user_attrs[PARENT_RUN_ATTRIBUTE]
+    try:
+        mlflow.MlflowClient().get_run(parent_run_id)
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ValueError(
+            f"study {study.study_name!r} belongs to sweep run {parent_run_id}, which is not on "
+            f"the tracking server {mlflow.get_tracking_uri()}: every worker of a sweep needs "
+            "the MLFLOW_TRACKING_URI of the worker that started it (or use another study_name)"
+        ) from None
+    return parent_run_id
 
 
 def close_orphaned_parent(

@@ -1,13 +1,14 @@
 """MLproject is the parameter contract: every entry point's parameters match its script's CLI."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tests.conftest import REPO_DIR
+from tests.conftest import REPO_DIR, free_port
 
 MLPROJECT = yaml.safe_load((REPO_DIR / "MLproject").read_text())
 ENTRY_POINTS = MLPROJECT["entry_points"]
@@ -51,3 +52,20 @@ def test_every_script_has_help(name):
     )
     assert completed.returncode == 0, completed.stderr
     assert "usage:" in completed.stdout
+
+
+def test_an_unreachable_tracking_server_is_one_line_not_minutes_of_retries(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    completed = subprocess.run(
+        [sys.executable, str(REPO_DIR / "download.py"), "--dataset", "fashion_mnist"],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        capture_output=True,
+        text=True,
+        timeout=120,  # MLflow's own retries would take about four minutes
+    )
+    assert completed.returncode == 1
+    assert completed.stderr.strip().splitlines() == [
+        f"error: the tracking server {uri} does not answer ([Errno 111] Connection refused). "
+        "Start it (python team_stack.py start) or point MLFLOW_TRACKING_URI at the running one"
+    ]

@@ -245,15 +245,31 @@ def test_a_study_in_mlflows_database_is_refused_naming_the_fix(use_tracking):
         sweeps.open_storage(use_tracking["uri"])
 
 
-def test_workers_nest_under_the_run_of_the_worker_that_created_the_study(tmp_path, monkeypatch):
+def test_workers_nest_under_the_run_of_the_worker_that_created_the_study(
+    tmp_path, monkeypatch, use_tracking
+):
+    creator = use_tracking["client"].create_run(use_tracking["experiment_id"]).info.run_id
     study, created = open_test_study(tmp_path)
-    assert sweeps.sweep_parent(study, "creator-run", created) == "creator-run"
+    assert sweeps.sweep_parent(study, creator, created) == creator
     joined, created = open_test_study(tmp_path)
-    assert sweeps.sweep_parent(joined, "my-run", created) == "creator-run"
+    assert sweeps.sweep_parent(joined, "my-run", created) == creator
     orphan, _ = open_test_study(tmp_path, "orphan")
     monkeypatch.setattr(sweeps, "PARENT_WAIT_SECONDS", 0)
     with pytest.raises(ValueError, match="has no sweep run"):
         sweeps.sweep_parent(orphan, "my-run", False)
+
+
+def test_a_worker_on_another_tracking_server_is_told_to_use_the_sweeps(tmp_path, use_tracking):
+    study, _ = open_test_study(tmp_path)
+    study.set_user_attr(sweeps.PARENT_RUN_ATTRIBUTE, "0123456789abcdef0123456789abcdef")
+    with pytest.raises(ValueError, match="not on the tracking server .*MLFLOW_TRACKING_URI"):
+        sweeps.sweep_parent(study, "my-run", False)
+
+
+def test_an_unreachable_study_database_is_one_line_naming_the_url_and_password():
+    url = "postgresql+psycopg://mlpipe@127.0.0.1:9/optuna"  # port 9: nothing listens
+    with pytest.raises(ValueError, match="cannot open study_storage .*:9/optuna: .*PGPASSWORD"):
+        sweeps.open_storage(url)
 
 
 def test_the_objective_is_read_at_the_best_epoch(use_tracking):
