@@ -86,6 +86,7 @@ bench: install data ## run the benchmarks (~2 hours); tables on screen, JSON in 
 	$(BIN)/python bench/learning_curve.py
 	$(BIN)/python bench/training.py --pipeline --sweep "$(BENCH_SWEEP)"
 	$(BIN)/python bench/scale.py --vgg16
+	$(BIN)/python bench/team.py
 
 clean: ## remove the local tracking store and caches (keeps .venv)
 	rm -rf mlruns mlartifacts mlflow.db .pytest_cache .ruff_cache

@@ -4,6 +4,8 @@
     export MLFLOW_AUTH_ADMIN_PASSWORD=...    # the MLflow admin's password, 12 characters or more
     python team_stack.py start --dir ~/mlpipe-team
     python team_stack.py stop --dir ~/mlpipe-team
+    MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=$MLFLOW_AUTH_ADMIN_PASSWORD \
+        python team_stack.py add-user alice --tracking-uri http://127.0.0.1:5000
 
 What `start` does, in --dir:
 - a PostgreSQL cluster from the system's packages (`postgresql`), listening on 127.0.0.1
@@ -15,13 +17,18 @@ What `start` does, in --dir:
   clients see `mlflow-artifacts:/` URIs and need no shared folder) and basic-auth login,
   whose admin password comes from MLFLOW_AUTH_ADMIN_PASSWORD.
 
+`add-user` creates a login on a running server (this one or deploy/compose.yaml's), typed at
+a prompt or read from standard input with --password-stdin.
+
 No password is written to --dir, printed or passed on a command line. It then prints what a
 client exports. This is for trying the team setup on one machine and for the tests; README
 "Team server" says how the same runs on a server.
 """
 
 import argparse
+import configparser
 import contextlib
+import getpass
 import json
 import os
 import secrets
@@ -38,7 +45,7 @@ import requests
 POSTGRES_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 DATABASES = ("mlflow", "mlflow_auth", "optuna")
 STATE_FILE = "stack.json"
-ADMIN_USERNAME = "admin"
+AUTH_CONFIG_TEMPLATE = Path(__file__).parent / "deploy" / "basic_auth.ini"
 MIN_ADMIN_PASSWORD = 12  # MLflow refuses shorter admin passwords
 
 
@@ -134,15 +141,35 @@ def start_postgres(data_dir: Path, port: int, user: str, password: str) -> None:
 
 
 def write_auth_config(path: Path, user: str, port: int) -> None:
-    """MLflow's basic-auth settings: users in PostgreSQL, new users may run pipelines."""
-    path.write_text(
-        "[mlflow]\n"
-        # EDIT: every signed-in user may log runs to every experiment (READ could not).
-        "default_permission = EDIT\n"
-        f"database_uri = {database_uri(user, port, 'mlflow_auth')}\n"
-        f"admin_username = {ADMIN_USERNAME}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-    )
+    """MLflow's basic-auth settings: deploy/basic_auth.ini, with this stack's user database."""
+    config = configparser.ConfigParser()
+    config.read(AUTH_CONFIG_TEMPLATE)
+    config["mlflow"]["database_uri"] = database_uri(user, port, "mlflow_auth")
+    with path.open("w") as file:
+        config.write(file)
+
+
+def admin_username() -> str:
+    """The admin's name, as deploy/basic_auth.ini (shared with the compose file) sets it."""
+    config = configparser.ConfigParser()
+    config.read(AUTH_CONFIG_TEMPLATE)
+    return config["mlflow"]["admin_username"]
+
+
+def add_user(tracking_uri: str, username: str, password: str) -> None:
+    """Create a login on the server, as the admin named in MLFLOW_TRACKING_USERNAME/PASSWORD.
+
+    The user may log runs to every experiment (default_permission = EDIT).
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.server import get_app_client
+
+    required_env("MLFLOW_TRACKING_USERNAME", "the admin's login, to create users")
+    required_env("MLFLOW_TRACKING_PASSWORD", "the admin's password, to create users")
+    try:
+        get_app_client("basic-auth", tracking_uri=tracking_uri).create_user(username, password)
+    except MlflowException as error:
+        raise SystemExit(f"error: could not create user {username!r}: {error.message}") from None
 
 
 def wait_until_up(url: str, process: subprocess.Popen, log: Path, seconds: float = 120) -> None:
@@ -226,7 +253,7 @@ def start(stack_dir: Path, port: int, pg_port: int, user: str, workers: int) -> 
     state = {
         "tracking_uri": url,
         "study_storage": database_uri(user, pg_port, "optuna"),
-        "admin_username": ADMIN_USERNAME,
+        "admin_username": admin_username(),
         "postgres_data": str(data_dir),
         "server_pid": process.pid,
     }
@@ -252,18 +279,48 @@ def stop(stack_dir: Path) -> None:
     state_path.unlink()
 
 
+def read_new_password(from_stdin: bool) -> str:
+    """A new user's password: one line of standard input, or typed twice at a prompt."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    password = getpass.getpass("new user's password: ")
+    if getpass.getpass("again: ") != password:
+        raise SystemExit("error: the two passwords differ")
+    return password
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Parse the command line and start or stop the stack."""
+    """Parse the command line and start or stop the stack, or add a user to it."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("action", choices=["start", "stop", "add-user"])
+    parser.add_argument("username", nargs="?", help="add-user: the new user's login name")
     parser.add_argument("--dir", type=Path, default=Path(".team"), help="state and artifacts")
     parser.add_argument("--port", type=int, default=5000, help="mlflow server port")
     parser.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL port")
     parser.add_argument("--db-user", default="mlpipe", help="PostgreSQL user owning the data")
     parser.add_argument("--workers", type=int, default=2, help="mlflow server workers")
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"),
+        help="add-user: the server (default: MLFLOW_TRACKING_URI)",
+    )
+    parser.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="add-user: read the new password from standard input instead of a prompt",
+    )
     arguments = parser.parse_args(argv)
+    if arguments.action == "add-user":
+        if not arguments.username:
+            parser.error("add-user needs the new user's name: add-user alice")
+        password = read_new_password(arguments.password_stdin)
+        add_user(arguments.tracking_uri, arguments.username, password)
+        print(f"user {arguments.username} can now log in to {arguments.tracking_uri}")
+        return
+    if arguments.username:
+        parser.error(f"{arguments.action} takes no user name, got {arguments.username!r}")
     if arguments.action == "stop":
         stop(arguments.dir)
         print(f"stopped the stack in {arguments.dir}")
@@ -275,10 +332,11 @@ def main(argv: list[str] | None = None) -> None:
         f"tracking server {state['tracking_uri']} (PostgreSQL on 127.0.0.1:{arguments.pg_port})\n"
         "on every machine that runs stages or sweep workers:\n"
         f"  export MLFLOW_TRACKING_URI={state['tracking_uri']}\n"
-        f"  export MLFLOW_TRACKING_USERNAME={state['admin_username']}\n"
-        "  export MLFLOW_TRACKING_PASSWORD=...   # the admin's, or a user the admin created\n"
+        "  export MLFLOW_TRACKING_USERNAME=...   # a user: python team_stack.py add-user NAME\n"
+        "  export MLFLOW_TRACKING_PASSWORD=...\n"
         "  export PGPASSWORD=...                 # for the sweep study\n"
-        f"  -P study_storage={state['study_storage']}"
+        f"  -P study_storage={state['study_storage']}\n"
+        f"(the admin, who adds users, is {state['admin_username']} with MLFLOW_AUTH_ADMIN_PASSWORD)"
     )
 
 

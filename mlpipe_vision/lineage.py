@@ -18,6 +18,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.utils.file_utils import local_file_uri_to_path
+from mlflow.utils.mlflow_tags import MLFLOW_USER
 
 INPUT_URI_TAG = "mlpipe.input_uri"
 STAGE_TAG = "mlpipe.stage"
@@ -127,10 +128,15 @@ def start_stage_run(stage: str, input_uri: str | None = None) -> mlflow.ActiveRu
             later stages can follow the lineage back.
 
     Returns:
-        The active run, to be used as a context manager.
+        The active run, to be used as a context manager. With a login
+        (MLFLOW_TRACKING_USERNAME) the run's user is the login.
     """
     run = mlflow.start_run()
     mlflow.set_tag(STAGE_TAG, stage)
+    login = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if login:
+        # On a team server the login says who ran it; MLflow records the machine's user.
+        mlflow.set_tag(MLFLOW_USER, login)
     if input_uri:
         mlflow.set_tag(INPUT_URI_TAG, input_uri)
     return run

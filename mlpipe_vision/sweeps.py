@@ -40,7 +40,11 @@ import mlflow  # noqa: E402
 import optuna  # noqa: E402
 import sqlalchemy.exc  # noqa: E402
 from mlflow.entities import Param  # noqa: E402
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: E402
+from mlflow.utils.mlflow_tags import (  # noqa: E402
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NAME,
+    MLFLOW_USER,
+)
 
 from mlpipe_vision import lineage, training  # noqa: E402
 from mlpipe_vision.cli import str_to_bool  # noqa: E402
@@ -922,12 +926,14 @@ def run_trials(
     """
     print_lock = threading.Lock()
     own_run_id = mlflow.active_run().info.run_id
-    # Children share the parent's source and git commit, as `mlflow run` records them.
+    # Children share the parent's source and git commit, as `mlflow run` records them, and
+    # this worker's user.
     source_tags = {
         name: value
         for name, value in client.get_run(parent.run_id).data.tags.items()
         if name.startswith("mlflow.source.")
     }
+    source_tags[MLFLOW_USER] = client.get_run(own_run_id).data.tags.get(MLFLOW_USER, "")
     running: dict[Future, tuple[optuna.Trial, str]] = {}
     exhausted = False
     with (

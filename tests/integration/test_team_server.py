@@ -10,6 +10,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 
 import team_stack
 from mlpipe_vision import lineage, sweeps
-from tests.conftest import FASHION_MNIST_DIR, free_port, mlflow_run, mlflow_run_command
+from tests.conftest import FASHION_MNIST_DIR, REPO_DIR, free_port, mlflow_run, mlflow_run_command
 from tests.integration.test_train import gray_images, write_preprocessed
 
 pytestmark = [
@@ -71,9 +72,31 @@ def machine(stack: dict, folder: Path, experiment_id: str) -> dict:
     }
 
 
+def add_user(stack: dict, username: str) -> str:
+    """Create a login with team_stack.py add-user, as the admin would; return its password."""
+    password = f"{username}-{secrets.token_hex(12)}"
+    completed = subprocess.run(
+        [sys.executable, "team_stack.py", "add-user", username, "--password-stdin"],
+        cwd=REPO_DIR,
+        input=password + "\n",
+        env={
+            **os.environ,
+            "MLFLOW_TRACKING_URI": stack["tracking_uri"],
+            "MLFLOW_TRACKING_USERNAME": stack["admin_username"],
+            "MLFLOW_TRACKING_PASSWORD": stack["MLFLOW_AUTH_ADMIN_PASSWORD"],
+        },
+        capture_output=True,
+        text=True,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert password not in completed.stdout + completed.stderr
+    return password
+
+
 @pytest.fixture(scope="module")
 def two_mains(stack, tmp_path_factory):
-    """`main` on 2 % of Fashion-MNIST from one folder, then again from another."""
+    """`main` on 2 % of Fashion-MNIST from one folder as the admin, then from another folder as
+    a user the admin added."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_USERNAME", stack["admin_username"])
         patch.setenv("MLFLOW_TRACKING_PASSWORD", stack["MLFLOW_AUTH_ADMIN_PASSWORD"])
@@ -82,8 +105,16 @@ def two_mains(stack, tmp_path_factory):
     root = tmp_path_factory.mktemp("machines")
     parameters = {"source": FASHION_MNIST_DIR, "percentage": 2, "epochs": 1}
     first = mlflow_run(machine(stack, root / "a", experiment_id), "main", **parameters)
-    second = mlflow_run(machine(stack, root / "b", experiment_id), "main", **parameters)
-    return {"first": first, "second": second, "experiment_id": experiment_id}
+    alice_password = add_user(stack, "alice")
+    alice = machine(stack, root / "b", experiment_id)
+    alice["env"].update(MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD=alice_password)
+    second = mlflow_run(alice, "main", **parameters)
+    return {
+        "first": first,
+        "second": second,
+        "experiment_id": experiment_id,
+        "alice_password": alice_password,
+    }
 
 
 @pytest.fixture
@@ -106,14 +137,22 @@ def test_main_runs_every_stage_with_artifacts_through_the_server(stack, two_main
     assert "models:/fashion_mnist_classifier@champion" in two_mains["first"]["output"]
 
 
-def test_a_second_main_from_another_folder_reuses_every_stage(two_mains):
+def test_another_user_from_another_folder_reuses_every_stage(two_mains, team_client):
     output = two_mains["second"]["output"]
     for stage in STAGES:
         assert f"[{stage}] reusing finished run" in output, output[-3000:]
+    mains = team_client.search_runs(
+        [two_mains["experiment_id"]], "tags.mlpipe.stage = 'main'", order_by=["start_time"]
+    )
+    assert [run.data.tags["mlflow.user"] for run in mains] == ["admin", "alice"]
 
 
 def test_no_password_is_stored_or_printed(stack, two_mains):
-    passwords = [stack["PGPASSWORD"], stack["MLFLOW_AUTH_ADMIN_PASSWORD"]]
+    passwords = [
+        stack["PGPASSWORD"],
+        stack["MLFLOW_AUTH_ADMIN_PASSWORD"],
+        two_mains["alice_password"],
+    ]
     printed = two_mains["first"]["output"] + two_mains["second"]["output"]
     files = [path for path in stack["dir"].rglob("*") if path.is_file()]
     import psycopg
@@ -215,6 +254,7 @@ def test_one_grid_sweep_over_two_workers_survives_a_killed_worker(stack, team_cl
     for run_id in trial_runs:
         run = team_client.get_run(run_id)
         assert run.data.tags["mlflow.parentRunId"] == parent_id
+        assert run.data.tags["mlflow.user"] == stack["admin_username"]  # the login
     assert team_client.get_run(killed.user_attrs[sweeps.RUN_ID_ATTRIBUTE]).info.status == "KILLED"
     for trial in completed:
         assert team_client.get_run(trial.user_attrs[sweeps.RUN_ID_ATTRIBUTE]).info.status == (
