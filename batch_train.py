@@ -25,13 +25,8 @@ the same command after a kill (or with a larger n_trials) skips finished trials.
 """
 
 import argparse
-import os
 
 from mlpipe_vision.cli import native_stderr_silenced, run_or_exit
-
-# TensorFlow reads its C++ log level when it loads: 3 keeps info, warnings and the CUDA
-# probe's error on machines without a GPU off the console (0 shows everything).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # The train parameters, in the order of train.py; each is swept, fixed or left to train.
 TRAIN_PARAMETERS = {

@@ -13,8 +13,7 @@ Next:   mlflow models serve -m models:/<name>@<alias> -p 5000 --env-manager loca
 
 import argparse
 
-from mlpipe_vision import packaging
-from mlpipe_vision.cli import optional_float, run_or_exit
+from mlpipe_vision.cli import native_stderr_silenced, optional_float, run_or_exit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     """Parse the command line and run the stage."""
     args = build_parser().parse_args()
+    with native_stderr_silenced():  # TensorFlow's C++ start-up lines
+        from mlpipe_vision import packaging
     run_or_exit(packaging.run_package, **vars(args))
 
 

@@ -17,13 +17,8 @@ builds VGG16 transfer learning (frozen base, optional fine-tuning of its top blo
 """
 
 import argparse
-import os
 
 from mlpipe_vision.cli import native_stderr_silenced, run_or_exit, str_to_bool
-
-# TensorFlow reads its C++ log level when it loads: 3 keeps info, warnings and the CUDA
-# probe's error on machines without a GPU off the console (0 shows everything).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def build_parser() -> argparse.ArgumentParser:

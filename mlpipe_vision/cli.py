@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -11,6 +12,8 @@ import mlflow
 import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from mlpipe_vision import VERBOSE
 
 ERROR_TAG = "mlpipe.error"
 
@@ -83,6 +86,7 @@ def run_or_exit(stage: Callable[..., object], **arguments: object) -> None:
         stage: The stage function.
         **arguments: Its arguments, as parsed from the command line.
     """
+    quiet_console()
     try:
         check_tracking_server()
         stage(**arguments)
@@ -94,6 +98,19 @@ def run_or_exit(stage: Callable[..., object], **arguments: object) -> None:
         if not isinstance(error, TrackingServerDownError):
             record_error(message)
         sys.exit(1)
+
+
+def quiet_console() -> None:
+    """Keep MLflow's artifact progress bars and INFO lines off the console.
+
+    Also set in the environment, so the stages `main` runs inherit it. Warnings and errors
+    still show; MLPIPE_VERBOSE=1 shows everything.
+    """
+    if VERBOSE:
+        return
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
 
 
 def check_tracking_server(timeout_seconds: float = 10.0) -> None:
@@ -137,8 +154,12 @@ def native_stderr_silenced() -> Iterator[None]:
     """Point file descriptor 2 at /dev/null, for the lines TensorFlow's C++ prints on load.
 
     A few of them (CUDA and oneDNN notices) come before TF_CPP_MIN_LOG_LEVEL applies.
-    Python exceptions still show: they are printed after the descriptor is restored.
+    Python exceptions still show: they are printed after the descriptor is restored. With
+    MLPIPE_VERBOSE=1 nothing is silenced.
     """
+    if VERBOSE:
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)

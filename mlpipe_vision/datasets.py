@@ -786,7 +786,11 @@ def dataset_input(meta: dict) -> MetaDataset:
     if meta["source"].startswith("tfds:"):
         source = CodeDatasetSource(tags=context_registry.resolve_tags())
     else:
-        source = resolve_dataset_source(meta["source"])
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice (for "file" and for no scheme)
+            # and warns that a path "can be interpreted in multiple ways": both are the same.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be")
+            source = resolve_dataset_source(meta["source"])
     return MetaDataset(source=source, name=meta["dataset"], digest=digest)
 
 
@@ -820,7 +824,7 @@ def run_get_data(
             seed,
             data_dir,
         )
-        with lineage.start_stage_run("get_data") as run:
+        with lineage.start_stage_run("get_data", name=f"get_data {meta['dataset']}") as run:
             mlflow.log_artifacts(str(dataset_dir), "dataset")
             mlflow.log_input(dataset_input(meta), context="train")
             mlflow.set_tags(
@@ -840,5 +844,5 @@ def run_get_data(
         f"({status})"
     )
     print(f"dataset URI: {data_uri}")
-    print("next: " + lineage.next_command("explore_data", data=data_uri))
+    lineage.print_next("explore_data", data=data_uri)
     return data_uri

@@ -8,21 +8,25 @@ place instead of copying it: a dataset of several GB is then stored once, not on
 every stage that reads it.
 """
 
+import contextlib
 import json
 import os
 import shlex
 import tempfile
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.utils.file_utils import local_file_uri_to_path
-from mlflow.utils.mlflow_tags import MLFLOW_USER
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
 
 INPUT_URI_TAG = "mlpipe.input_uri"
 STAGE_TAG = "mlpipe.stage"
 BEST_RUN_TAG = "mlpipe.best_run_id"
+TRIAL_NUMBER_TAG = "mlpipe.trial_number"
+CHAINED_VARIABLE = "MLPIPE_CHAINED"
 
 
 def parse_runs_uri(uri: str) -> tuple[str, str]:
@@ -119,13 +123,16 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def start_stage_run(stage: str, input_uri: str | None = None) -> mlflow.ActiveRun:
-    """Start (or, under `mlflow run`, continue) the run of one stage and tag it.
+def start_stage_run(stage: str, input_uri: str | None = None, name: str = "") -> mlflow.ActiveRun:
+    """Start (or, under `mlflow run`, continue) the run of one stage, and tag and name it.
 
     Args:
         stage: The entry point name, recorded as the `mlpipe.stage` tag.
         input_uri: The URI this stage read, recorded as the `mlpipe.input_uri` tag so that
             later stages can follow the lineage back.
+        name: The run's name in the UI, saying what it is ("train fashion_mnist: cnn_3x48,
+            10 epochs"), instead of MLflow's random one. A sweep's trial keeps the name
+            its sweep gave it.
 
     Returns:
         The active run, to be used as a context manager. With a login
@@ -133,6 +140,8 @@ def start_stage_run(stage: str, input_uri: str | None = None) -> mlflow.ActiveRu
     """
     run = mlflow.start_run()
     mlflow.set_tag(STAGE_TAG, stage)
+    if name and TRIAL_NUMBER_TAG not in run.data.tags:
+        mlflow.set_tag(MLFLOW_RUN_NAME, name)
     login = os.environ.get("MLFLOW_TRACKING_USERNAME")
     if login:
         # On a team server the login says who ran it; MLflow records the machine's user.
@@ -158,6 +167,31 @@ def log_new_params(params: dict[str, object]) -> None:
 def artifact_uri(run_id: str, path: str) -> str:
     """Build the `runs:/` URI of an artifact path in a run."""
     return f"runs:/{run_id}/{path}"
+
+
+@contextlib.contextmanager
+def chained() -> Iterator[None]:
+    """While `main` runs the stages, they print no `next:` command: main runs it itself."""
+    before = os.environ.get(CHAINED_VARIABLE)
+    os.environ[CHAINED_VARIABLE] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[CHAINED_VARIABLE]
+        else:
+            os.environ[CHAINED_VARIABLE] = before
+
+
+def is_chained() -> bool:
+    """True while `main` runs the stages (see `chained`)."""
+    return os.environ.get(CHAINED_VARIABLE) == "1"
+
+
+def print_next(entry_point: str, **parameters: object) -> None:
+    """Print the command for the next stage, unless `main` runs the chain (see `chained`)."""
+    if not is_chained():
+        print("next: " + next_command(entry_point, **parameters))
 
 
 def next_command(entry_point: str, **parameters: object) -> str:

@@ -245,7 +245,9 @@ def run_package(
     name = registered_model_name or f"{meta['dataset']}_classifier"
     sample = sample_test_image(trained.preprocessed_uri, client)
     with (
-        lineage.start_stage_run("package", input_uri=trained.keras_model_uri),
+        lineage.start_stage_run(
+            "package", input_uri=trained.keras_model_uri, name=f"package {name}"
+        ),
         tempfile.TemporaryDirectory() as tmp,
     ):
         mlflow.set_tags(
@@ -275,9 +277,10 @@ def run_package(
     print(f"\nregistered {name} version {version}; {registered_uri} points at it")
     if output_dir:
         print(f"also saved to {output_dir}")
-    print(f"serve: mlflow models serve -m {registered_uri} -p 5000 --env-manager local")
-    print(
-        "query: python png_to_pandas.py drawing.png && "
-        + serving.curl_command("example.json", port=5000)
-    )
+    if not lineage.is_chained():  # main prints these once, at the end
+        print(f"serve: mlflow models serve -m {registered_uri} -p 5000 --env-manager local")
+        print(
+            "query: python png_to_pandas.py drawing.png && "
+            + serving.curl_command("example.json", port=5000)
+        )
     return registered_uri

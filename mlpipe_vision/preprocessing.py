@@ -262,7 +262,10 @@ def run_preprocess(
         )
         preprocessed_dir = Path(tmp) / "preprocessed"
         meta = write_splits(dataset_dir, dataset_meta, chosen, normalization, preprocessed_dir)
-        with lineage.start_stage_run("preprocess", input_uri=data) as run:
+        name = f"preprocess {dataset_meta['dataset']}"
+        if percentage < 100:
+            name += f" ({percentage:g} %)"
+        with lineage.start_stage_run("preprocess", input_uri=data, name=name) as run:
             mlflow.log_artifacts(str(preprocessed_dir), "preprocessed")
             mlflow.log_dict(normalization, NORMALIZATION_FILE)
             mlflow.set_tag("mlpipe.normalization_from", origin)
@@ -273,5 +276,5 @@ def run_preprocess(
     counts = ", ".join(f"{count} {split}" for split, count in meta["counts"].items())
     print(f"\n{counts}; normalization mean {normalization['mean']}, std {normalization['std']}")
     print(f"preprocessed URI: {preprocessed_uri}")
-    print("next: " + lineage.next_command("train", data=preprocessed_uri))
+    lineage.print_next("train", data=preprocessed_uri)
     return preprocessed_uri

@@ -10,7 +10,10 @@ request limits (`mlpipe_vision.serving.RequestLimits`) are read from the server'
 environment when the model loads.
 """
 
+import contextlib
 import json
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -21,39 +24,63 @@ from mlpipe_vision import serving
 from mlpipe_vision.images import normalize
 
 
-class ImageClassifier(PythonModel):
-    """Raw pixels or encoded images in; class id, class name and probabilities out."""
+@contextlib.contextmanager
+def without_type_hint_advice() -> Iterator[None]:
+    """Drop MLflow's advice to add type hints to `predict`, given when the class is defined.
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        """Load the network and meta.json, read the request limits, warm the inference up."""
-        import keras
-        import tensorflow as tf
+    predict accepts several request layouts and checks them itself, against the signature
+    `package` gives; a type hint would make MLflow validate one layout only. MLflow gives
+    the advice under a warnings filter of its own, so no filter of ours can drop it; every
+    other warning still shows.
+    """
+    show = warnings.showwarning
 
-        # Read here, not per request: a bad value stops the server at start-up, not later.
-        self.limits = serving.RequestLimits.from_environment()
-        meta = json.loads(Path(context.artifacts["meta"]).read_text())
-        self.class_names = meta["class_names"]
-        self.image_shape = tuple(meta["image_shape"])
-        self.normalization = meta["normalization"]
-        self.network = keras.models.load_model(context.artifacts["network"], compile=False)
-        # One graph for every batch size, traced once: no Keras predict machinery per call.
-        images = tf.TensorSpec((None, *self.image_shape), tf.float32)
-        self.forward = tf.function(
-            lambda batch: self.network(batch, training=False), input_signature=[images]
-        ).get_concrete_function()
-        self.probabilities(np.zeros((1, *self.image_shape), dtype=np.float32))
+    def show_others(message, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
+        if "Add type hints to the `predict` method" not in str(message):
+            show(message, *args, **kwargs)
 
-    def probabilities(self, raw_images: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, K) for raw 0-255 images (N, H, W, C)."""
-        batch = normalize(raw_images, self.normalization)
-        return self.forward(batch).numpy().astype(np.float64)
+    warnings.showwarning = show_others
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
 
-    # No type hints on purpose: MLflow 3 would validate requests against them (and warns
-    # when they are absent), but this model accepts several layouts and checks them itself.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001
-        """Answer one row per image: class_id, class_name, probability, p_<class>..."""
-        raw_images = serving.images_from_request(model_input, self.image_shape, self.limits)
-        return serving.format_predictions(self.probabilities(raw_images), self.class_names)
+
+with without_type_hint_advice():
+
+    class ImageClassifier(PythonModel):
+        """Raw pixels or encoded images in; class id, class name and probabilities out."""
+
+        def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+            """Load the network and meta.json, read the request limits, warm the inference up."""
+            import keras
+            import tensorflow as tf
+
+            # Read here, not per request: a bad value stops the server at start-up, not later.
+            self.limits = serving.RequestLimits.from_environment()
+            meta = json.loads(Path(context.artifacts["meta"]).read_text())
+            self.class_names = meta["class_names"]
+            self.image_shape = tuple(meta["image_shape"])
+            self.normalization = meta["normalization"]
+            self.network = keras.models.load_model(context.artifacts["network"], compile=False)
+            # One graph for every batch size, traced once: no Keras predict machinery per call.
+            images = tf.TensorSpec((None, *self.image_shape), tf.float32)
+            self.forward = tf.function(
+                lambda batch: self.network(batch, training=False), input_signature=[images]
+            ).get_concrete_function()
+            self.probabilities(np.zeros((1, *self.image_shape), dtype=np.float32))
+
+        def probabilities(self, raw_images: np.ndarray) -> np.ndarray:
+            """Class probabilities (N, K) for raw 0-255 images (N, H, W, C)."""
+            batch = normalize(raw_images, self.normalization)
+            return self.forward(batch).numpy().astype(np.float64)
+
+        # No type hints on purpose: MLflow 3 would validate requests against them (and warns
+        # when they are absent), but this model accepts several layouts and checks them itself.
+        def predict(self, context, model_input, params=None):  # noqa: ANN001
+            """Answer one row per image: class_id, class_name, probability, p_<class>..."""
+            raw_images = serving.images_from_request(model_input, self.image_shape, self.limits)
+            return serving.format_predictions(self.probabilities(raw_images), self.class_names)
 
 
 mlflow.models.set_model(ImageClassifier())

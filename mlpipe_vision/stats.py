@@ -197,7 +197,8 @@ def run_explore(data: str) -> dict:
     with datasets.open_dataset(data) as (dataset_dir, meta):
         histogram, sample_images, sample_labels = scan_train_split(dataset_dir, meta)
         stats = compute_stats(dataset_dir, meta, histogram)
-    with lineage.start_stage_run("explore_data", input_uri=data) as run:
+    name = f"explore_data {meta['dataset']}"
+    with lineage.start_stage_run("explore_data", input_uri=data, name=name) as run:
         mlflow.log_dict(stats, STATS_FILE)
         pixels = stats["train_pixels"]
         mlflow.log_metrics({"mean": pixels["mean"], "std": pixels["std"]})
@@ -212,7 +213,7 @@ def run_explore(data: str) -> dict:
         stats_uri = lineage.artifact_uri(run.info.run_id, STATS_FILE)
     print(f"\ntrain pixels: mean {pixels['mean']:.4f}, std {pixels['std']:.4f}")
     print(f"stats URI: {stats_uri}")
-    print("next: " + lineage.next_command("preprocess", data=data, stats=stats_uri))
+    lineage.print_next("preprocess", data=data, stats=stats_uri)
     return stats
 
 

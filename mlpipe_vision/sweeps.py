@@ -46,14 +46,21 @@ from mlflow.utils.mlflow_tags import (  # noqa: E402
     MLFLOW_USER,
 )
 
-from mlpipe_vision import lineage, training  # noqa: E402
+from mlpipe_vision import VERBOSE, lineage, training  # noqa: E402
 from mlpipe_vision.cli import str_to_bool  # noqa: E402
+
+if not VERBOSE:
+    # Optuna logs every trial at INFO; the sweep prints its own line per trial.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Known and expected: the heartbeat API is marked experimental, and `Heartbeat` beats for
+    # trials run outside Study.optimize, which Optuna warns about.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 SAMPLERS = ("auto", "grid", "tpe")
 DIRECTIONS = ("auto", "maximize", "minimize")
 BEST_MODEL_TAG = "mlpipe.best_model_uri"
 BEST_PARAMETER_TAG_PREFIX = "mlpipe.best."
-TRIAL_NUMBER_TAG = "mlpipe.trial_number"
 RUN_ID_ATTRIBUTE = "mlflow_run_id"
 FAILURE_ATTRIBUTE = "failure"
 WORKER_ATTRIBUTE = "worker"
@@ -607,6 +614,8 @@ def trial_environment(run_id: str, workers: int) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         # A progress bar per trial, interleaved with other trials' lines, helps nobody.
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        # The sweep prints the next command once, not every trial's train.
+        lineage.CHAINED_VARIABLE: "1",
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
     }
     if workers > 1:
@@ -693,6 +702,11 @@ def last_error_line(log_path: Path) -> str:
 def format_value(value: object) -> str:
     """Short text for a parameter value in messages."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def format_params(params: dict[str, object]) -> str:
+    """A trial's parameters as "conv_filters=16, learning_rate=0.003"."""
+    return ", ".join(f"{name}={format_value(value)}" for name, value in params.items())
 
 
 def plot_objective(
@@ -820,14 +834,17 @@ def run_sweep(
         raise ValueError(f"the TPE sampler needs n_trials of at least 1, got {n_trials}")
     if n_trials < 0 or workers < 1:
         raise ValueError(f"n_trials must be >= 0 and workers >= 1, got {n_trials}, {workers}")
-    with training.open_preprocessed(data):
-        pass  # a URI without preprocessed data fails here, before the study is opened
+    # A URI without preprocessed data fails here, before the study is opened.
+    with training.open_preprocessed(data) as (_, meta):
+        dataset = meta.get("dataset", "")
     study_name = study_name or default_study_name(data, search_space, sampler, metric, direction)
     study_storage = study_storage or default_study_storage(study_name)
     check_no_password(study_storage)
     study, created = open_study(study_name, study_storage, direction)
 
-    with lineage.start_stage_run("train_batch", input_uri=data) as own_run:
+    swept = ", ".join(dimension.name for dimension in space.dimensions)
+    name = f"{'sweep' if created else 'sweep worker'} {dataset}: {swept}"
+    with lineage.start_stage_run("train_batch", input_uri=data, name=name) as own_run:
         client = mlflow.MlflowClient()
         recovered = recover_dead_trials(study)
         if sampler == "grid" and created:
@@ -867,23 +884,23 @@ def run_sweep(
             close_orphaned_parent(study, parent_run_id, client)
     best_run_id = best.user_attrs[RUN_ID_ATTRIBUTE]
     best_model_uri = lineage.artifact_uri(best_run_id, training.MODEL_ARTIFACT)
-    shown = ", ".join(f"{name}={format_value(value)}" for name, value in best.params.items())
+    shown = format_params(best.params)
     print(f"\nbest trial {best.number} of the study: {metric} {best.value:.4f} with {shown}")
     print(f"best run ID: {best_run_id}")
     print(f"sweep run ID: {parent_run_id} (tagged {lineage.BEST_RUN_TAG}={best_run_id})")
     print(f"best model URI: {best_model_uri}")
-    print("next: " + lineage.next_command("package", model=best_model_uri))
+    lineage.print_next("package", model=best_model_uri)
     return best_model_uri
 
 
 def start_child_run(
     client: mlflow.MlflowClient,
     parent: mlflow.entities.RunInfo,
-    trial_number: int,
+    trial: optuna.Trial,
     arguments: dict,
     source_tags: dict[str, str],
 ) -> str:
-    """Create a trial's nested run, tagged as a train run, with its parameters logged.
+    """Create a trial's nested train run, named for its parameters, with the parameters logged.
 
     The parameters are logged here, as `mlflow run` does for a stage, so they are on the
     run even when the trial fails before training logs the rest.
@@ -891,14 +908,15 @@ def start_child_run(
     Returns:
         The run ID, for the trial process to continue.
     """
+    name = f"trial {trial.number}: {format_params(trial.params)}"
     run = client.create_run(
         parent.experiment_id,
-        run_name=f"trial-{trial_number}",
+        run_name=name,
         tags={
             **source_tags,
             MLFLOW_PARENT_RUN_ID: parent.run_id,
-            MLFLOW_RUN_NAME: f"trial-{trial_number}",
-            TRIAL_NUMBER_TAG: str(trial_number),
+            MLFLOW_RUN_NAME: name,
+            lineage.TRIAL_NUMBER_TAG: str(trial.number),
             lineage.STAGE_TAG: "train",
             lineage.INPUT_URI_TAG: arguments["data"],
         },
@@ -951,7 +969,7 @@ def run_trials(
                 heartbeat.start(trial)
                 trial.set_user_attr(WORKER_RUN_ATTRIBUTE, own_run_id)
                 arguments = {"data": data, **space.fixed, **trial.params}
-                run_id = start_child_run(client, parent, trial.number, arguments, source_tags)
+                run_id = start_child_run(client, parent, trial, arguments, source_tags)
                 trial.set_user_attr(RUN_ID_ATTRIBUTE, run_id)
                 log_path = Path(log_dir) / f"trial-{trial.number}" / TRIAL_LOG
                 log_path.parent.mkdir()
@@ -980,7 +998,7 @@ def finish_trial(
 ) -> None:
     """Record a finished trial process in MLflow and Optuna and print one line about it."""
     client.log_artifact(run_id, str(outcome.log_path))
-    shown = ", ".join(f"{name}={format_value(value)}" for name, value in trial.params.items())
+    shown = format_params(trial.params)
     value, failure = None, None
     if outcome.returncode != 0:
         failure = f"exit code {outcome.returncode}: {last_error_line(outcome.log_path)}"

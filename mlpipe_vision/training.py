@@ -24,7 +24,14 @@ import tensorflow as tf  # noqa: E402
 from mlflow.models import infer_signature  # noqa: E402
 from mlflow.models.model import ModelInfo  # noqa: E402
 
-from mlpipe_vision import environment, lineage, models, preprocessing, shards  # noqa: E402
+from mlpipe_vision import (  # noqa: E402
+    VERBOSE,
+    environment,
+    lineage,
+    models,
+    preprocessing,
+    shards,
+)
 from mlpipe_vision.images import normalize  # noqa: E402
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -759,14 +766,18 @@ def run_train(
             steps = epochs * int(train_data.cardinality())
             compile_model(model, optimizer, learning_rate, steps, num_classes)
         summary = model_summary(model)
-        print(summary)
+        if VERBOSE:
+            print(summary)
+        else:  # the table is the run's model_summary.txt
+            print(f"network {model.name}: {model.count_params():,} parameters")
         steps_per_epoch = int(train_data.cardinality())
         warning = small_data_warning(
             shards.read_labels(preprocessed_dir, meta, "train"), class_names
         )
 
         started = time.perf_counter()
-        with lineage.start_stage_run("train", input_uri=data) as run:
+        name = f"train {meta.get('dataset', '')}: {model.name}, {epochs} epoch" + "s" * (epochs > 1)
+        with lineage.start_stage_run("train", input_uri=data, name=name) as run:
             lineage.log_new_params(
                 {
                     **hyperparameters,
@@ -825,13 +836,14 @@ def run_train(
     model_uri = lineage.artifact_uri(run_id, MODEL_ARTIFACT)
     seconds = time.perf_counter() - started
     shown = ", ".join(f"test {name} {value:.4f}" for name, value in test_metrics.items())
+    epochs_shown = f"{epochs_run} epoch" + "s" * (epochs_run != 1)
     print(
-        f"\n{shown} ({epochs_run} epochs of {steps_per_epoch} steps, batch {batch_size}, "
+        f"\n{shown} ({epochs_shown} of {steps_per_epoch} steps, batch {batch_size}, "
         f"in {seconds:.0f} s, on {device})"
     )
     if warning:
         print(warning)
     print(f"train run ID: {run_id}")
     print(f"model URI: {model_uri}")
-    print("next: " + lineage.next_command("package", model=model_uri))
+    lineage.print_next("package", model=model_uri)
     return model_uri

@@ -177,7 +177,8 @@ def run_main(
         StageFailedError: If a stage fails; the message names it and its error.
     """
     sweep_parameters = parse_sweep(sweep)
-    with lineage.start_stage_run("main") as main_run:
+    name = f"main {dataset}" + (f": sweep of {', '.join(sweep_parameters)}" if sweep else "")
+    with lineage.start_stage_run("main", name=name) as main_run, lineage.chained():
         experiment_id = main_run.info.experiment_id
         commit = git_commit()
 

@@ -1,5 +1,7 @@
 """`main` end to end through `mlflow run`: the run tree, reuse, force, failure and resume."""
 
+import re
+
 import pytest
 
 from tests.conftest import mlflow_run
@@ -48,6 +50,44 @@ def test_main_runs_every_stage_under_it(tracking, first_main):
     output = first_main["output"]
     assert "mlflow models serve -m models:/main_digits@champion -p 5000" in output
     assert "curl -s -X POST" in output
+
+
+def test_main_names_its_runs_and_prints_what_matters(tracking, first_main):
+    client = tracking["client"]
+    tree = children(client, tracking["experiment_id"], first_main["run_id"])
+    names = {stage: run.info.run_name for stage, run in tree.items()}
+    network = tree["train"].data.params["network"]
+    assert names == {
+        "get_data": "get_data mnist",
+        "explore_data": "explore_data mnist",
+        "preprocess": "preprocess mnist",
+        "train": f"train mnist: {network}, 1 epoch",
+        "package": "package main_digits",
+    }
+    assert client.get_run(first_main["run_id"]).info.run_name == "main mnist"
+    output = first_main["output"]
+    for stage in STAGES:
+        assert f"[{stage}] running with" in output
+    # main runs the next stage itself; the stages' own INFO lines and bars stay quiet.
+    assert "next: mlflow run" not in output
+    assert "Downloading artifacts" not in output
+    assert "Running command 'python download.py" not in output
+    assert "Add type hints" not in output
+    assert "interpreted in multiple ways" not in output
+    assert "Could not find cuda" not in output  # TensorFlow's start-up lines
+    assert re.search(r"test accuracy 0\.\d+", output), output[-5000:]
+
+
+def test_verbose_shows_what_the_quiet_console_hides(tracking, first_main):
+    ids = stage_run_ids(tracking["client"], first_main["run_id"])
+    data = f"runs:/{ids['preprocess']}/preprocessed"
+    quiet = mlflow_run(tracking, "train", data=data, epochs=1)
+    verbose = mlflow_run(dict(tracking, env={"MLPIPE_VERBOSE": "1"}), "train", data=data, epochs=1)
+    # Run alone, a stage says what to run next; the network's table is in model_summary.txt.
+    assert "next: mlflow run . -e package" in quiet["output"]
+    assert re.search(r"network \w+: [\d,]+ parameters", quiet["output"])
+    assert "Layer (type)" not in quiet["output"]
+    assert "Layer (type)" in verbose["output"]
 
 
 def test_second_main_reuses_every_stage_and_force_reruns(tracking, idx_mirror_dir, first_main):

@@ -1,4 +1,4 @@
-"""Resolving artifact URIs between stages."""
+"""Resolving artifact URIs between stages; naming stage runs; the next command."""
 
 import mlflow
 import pytest
@@ -29,3 +29,35 @@ def test_an_unknown_run_is_refused_with_what_was_expected(use_tracking):
             "meta.json",
             "runs:/<get_data_run_id>/dataset",
         )
+
+
+def test_a_stage_run_is_named_for_what_it_is_and_a_trial_keeps_its_name(use_tracking, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    with lineage.start_stage_run("train", name="train mnist: cnn_3x48, 2 epochs") as run:
+        pass
+    stored = use_tracking["client"].get_run(run.info.run_id)
+    assert stored.info.run_name == "train mnist: cnn_3x48, 2 epochs"
+    assert stored.data.tags["mlflow.user"] == "alice"
+    trial = use_tracking["client"].create_run(
+        use_tracking["experiment_id"],
+        run_name="trial 3: conv_filters=16",
+        tags={lineage.TRIAL_NUMBER_TAG: "3"},
+    )
+    monkeypatch.setenv("MLFLOW_RUN_ID", trial.info.run_id)
+    with lineage.start_stage_run("train", name="train mnist: cnn_1x16, 1 epoch"):
+        pass
+    assert use_tracking["client"].get_run(trial.info.run_id).info.run_name == (
+        "trial 3: conv_filters=16"
+    )
+
+
+def test_the_next_command_is_printed_unless_main_runs_the_chain(capsys):
+    lineage.print_next("train", data="runs:/abc/preprocessed")
+    with lineage.chained():
+        lineage.print_next("package", model="runs:/abc/model")
+    lineage.print_next("explore_data", data="runs:/abc/dataset")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        "next: mlflow run . -e train -P data=runs:/abc/preprocessed --env-manager local",
+        "next: mlflow run . -e explore_data -P data=runs:/abc/dataset --env-manager local",
+    ]
