@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo data serve predict docker-build docker-run test test-fast lint format bench clean
+.PHONY: help install demo data serve predict app docker-build docker-run test test-fast lint format bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,8 +32,9 @@ data: ## make sure Fashion-MNIST is on disk (Debian's dataset-fashion-mnist, whe
 	    || echo "apt could not install dataset-fashion-mnist; get_data will download instead"; \
 	fi
 
-demo: install data ## set up and run the whole pipeline on Fashion-MNIST
-	$(BIN)/mlflow run . --env-manager local
+demo: install data ## set up and run the whole pipeline on Fashion-MNIST (MLPIPE_VERBOSE=1: all logs)
+	MLFLOW_LOGGING_LEVEL=$(if $(filter 1,$(MLPIPE_VERBOSE)),INFO,WARNING) \
+	    $(BIN)/mlflow run . --env-manager local
 	@echo
 	@echo "Browse the runs:  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 	@echo "Serve the model:  make serve        (in another terminal)"
@@ -47,6 +48,16 @@ predict: install ## send IMAGE=drawing.png to the served model
 	$(BIN)/python png_to_pandas.py $(IMAGE) --output example.json --port $(PORT)
 	curl -s -X POST -H "Content-Type: application/json" --data @example.json \
 	    http://127.0.0.1:$(PORT)/invocations; echo
+
+APP_PORT ?= 7860
+SERVER_URL ?= http://127.0.0.1:$(PORT)
+
+$(VENV)/.app-installed: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[app]"
+	touch $@
+
+app: $(VENV)/.app-installed ## a page to draw on that asks the served model (SERVER_URL=..., APP_PORT=...)
+	$(BIN)/python app.py --server-url $(SERVER_URL) --port $(APP_PORT)
 
 test: install ## run the whole test suite (unit, integration, slow)
 	$(BIN)/python -m pytest -v -ra --durations=20
