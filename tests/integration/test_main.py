@@ -81,8 +81,10 @@ def test_main_names_its_runs_and_prints_what_matters(tracking, first_main):
 def test_verbose_shows_what_the_quiet_console_hides(tracking, first_main):
     ids = stage_run_ids(tracking["client"], first_main["run_id"])
     data = f"runs:/{ids['preprocess']}/preprocessed"
-    quiet = mlflow_run(tracking, "train", data=data, epochs=1)
-    verbose = mlflow_run(dict(tracking, env={"MLPIPE_VERBOSE": "1"}), "train", data=data, epochs=1)
+    # Not main's train parameters: a later main must not reuse these runs.
+    train = {"data": data, "epochs": 1, "conv_filters": 8}
+    quiet = mlflow_run(tracking, "train", **train)
+    verbose = mlflow_run(dict(tracking, env={"MLPIPE_VERBOSE": "1"}), "train", **train)
     # Run alone, a stage says what to run next; the network's table is in model_summary.txt.
     assert "next: mlflow run . -e package" in quiet["output"]
     assert re.search(r"network \w+: [\d,]+ parameters", quiet["output"])
