@@ -1,17 +1,29 @@
-# GPU training image for mlpipe: TensorFlow's own CUDA image, pinned to the project's version.
-#   docker build -t mlpipe-gpu .
-#   docker run --rm --gpus all -e MLFLOW_TRACKING_URI=http://<tracking-host>:5000 \
-#       mlpipe-gpu mlflow run . -e train -P data=runs:/<id>/preprocessed --env-manager local
-# No credentials are baked in: pass MLFLOW_TRACKING_URI (and any token) at `docker run`.
-FROM tensorflow/tensorflow:2.21.0-gpu
+# Training image for mlpipe: TensorFlow's own CUDA image, pinned to the project's version.
+#   make docker-build        (docker build --network host -t mlpipe-gpu:latest .)
+#   make docker-run STAGE=train ARGS="-P data=runs:/<id>/preprocessed"
+# On machines that cannot pull Docker Hub, `make docker-bases` builds a local stand-in with the
+# base's name first (docker/bases.sh). No credentials are baked in: pass MLFLOW_TRACKING_URI
+# (and a login) at `docker run`.
+ARG BASE_IMAGE=tensorflow/tensorflow:2.21.0-gpu
+FROM ${BASE_IMAGE}
+# The commit the code in this image was built from: runs that use the image's own code (the
+# docker_env project) record it, since the checkout that starts them may have moved on.
+ARG SOURCE_COMMIT=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    TF_CPP_MIN_LOG_LEVEL=2
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    MLPIPE_SOURCE_COMMIT=${SOURCE_COMMIT}
+LABEL org.opencontainers.image.revision=${SOURCE_COMMIT}
 
-RUN useradd --create-home --uid 1000 mlpipe
+# git: MLflow records the source commit of `mlflow run .` with it, and stage reuse keys on it.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 1000 mlpipe
 WORKDIR /home/mlpipe/app
 
 # Dependencies first, so code changes do not reinstall them; tensorflow is already in the

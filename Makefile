@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo data serve predict app docker-build docker-run test test-fast lint format bench clean
+.PHONY: help install demo data serve predict app docker-bases docker-build docker-run test test-fast lint format bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -77,16 +77,26 @@ IMAGE_TAG ?= mlpipe-gpu:latest
 STAGE ?= train
 ARGS ?=
 # The project folder is mounted at the same path inside the container, so the default
-# sqlite store and its absolute artifact paths work on both sides; a tracking server on the
-# host is reached through the host network.
-DOCKER_RUN := docker run --rm --gpus all --network host --user "$$(id -u):$$(id -g)" \
-	-v "$(CURDIR):$(CURDIR)" -w "$(CURDIR)" -e HOME=/tmp \
-	-e MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"
+# sqlite store and its absolute artifact paths work on both sides, and the checkout's own code
+# and git commit are the ones that run and are recorded; a tracking server on the host is
+# reached through the host network. GPU flags come from docker/gpu-flags.sh (GPUS=all|none).
+DOCKER_RUN = docker run --rm $$(bash docker/gpu-flags.sh) --network host \
+	--user "$$(id -u):$$(id -g)" -v "$(CURDIR):$(CURDIR)" -w "$(CURDIR)" -e HOME=/tmp \
+	-e MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
+	-e MLFLOW_TRACKING_USERNAME -e MLFLOW_TRACKING_PASSWORD -e MLPIPE_SOURCE_COMMIT= \
+	-e MLPIPE_DOCKER_IMAGE=$(IMAGE_TAG) \
+	-e MLPIPE_DOCKER_IMAGE_ID="$$(docker image inspect --format '{{.Id}}' $(IMAGE_TAG))"
 
-docker-build: ## build the GPU training image (needs a Docker engine)
-	docker build -t $(IMAGE_TAG) .
+docker-bases: ## build local stand-ins for base images this machine cannot pull (docker/bases.sh)
+	bash docker/bases.sh
 
-docker-run: ## run a stage on the GPU in Docker: make docker-run STAGE=train ARGS="-P data=runs:/..."
+docker-build: ## build the training image (GPU when the host has one, else CPU)
+	docker build --network host --build-arg SOURCE_COMMIT="$$(git rev-parse HEAD 2>/dev/null)" \
+	    -t $(IMAGE_TAG) .
+
+docker-run: ## run a stage in the training image: make docker-run STAGE=train ARGS="-P data=runs:/..."
+	@docker image inspect $(IMAGE_TAG) >/dev/null 2>&1 \
+	    || { echo "docker-run: no image $(IMAGE_TAG) here; build it first: make docker-build" >&2; exit 1; }
 	$(DOCKER_RUN) $(IMAGE_TAG) mlflow run . -e $(STAGE) $(ARGS) --env-manager local
 
 # The sweep whose best trial the sweep accuracy is measured on (the README's example).

@@ -23,7 +23,12 @@ class StageFailedError(RuntimeError):
 
 
 class TrackingServerDownError(ValueError):
-    """The HTTP tracking server does not answer (so no run can be tagged with the error)."""
+    """The tracking store cannot be reached or written (so no run can be tagged with the error)."""
+
+
+# Where MLflow's docker_env backend mounts a local store (file or sqlite) inside the container
+# (mlflow/projects/docker.py): the sqlite file alone, which the image's user cannot write.
+DOCKER_ENV_LOCAL_STORE = "/mlflow/tmp/mlruns"
 
 
 def str_to_bool(value: str) -> bool:
@@ -94,6 +99,12 @@ def run_or_exit(stage: Callable[..., object], **arguments: object) -> None:
         if os.environ.get("MLPIPE_DEBUG") == "1":
             raise
         message = error.message if isinstance(error, MlflowException) else str(error)
+        if "error code 401" in message and not os.environ.get("MLFLOW_TRACKING_USERNAME"):
+            message = (
+                f"the tracking server {mlflow.get_tracking_uri()} wants a login: set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a docker_env run "
+                "passes them into its container with -A env-file=login.env)"
+            )
         print(f"error: {message}", file=sys.stderr)
         if not isinstance(error, TrackingServerDownError):
             record_error(message)
@@ -114,7 +125,7 @@ def quiet_console() -> None:
 
 
 def check_tracking_server(timeout_seconds: float = 10.0) -> None:
-    """Fail at once when an HTTP tracking server does not answer.
+    """Fail at once when an HTTP tracking server does not answer, or the store is unwritable.
 
     MLflow's client retries a refused connection for about four minutes before its own
     traceback; `/health` answers without a login, so any HTTP answer means the server is up.
@@ -123,6 +134,13 @@ def check_tracking_server(timeout_seconds: float = 10.0) -> None:
         ValueError: Naming the URL and the connection error.
     """
     uri = mlflow.get_tracking_uri()
+    if DOCKER_ENV_LOCAL_STORE in uri:
+        raise TrackingServerDownError(
+            "the docker_env project cannot write this machine's local tracking store from its "
+            "container; run the stage with `make docker-run` (it mounts the project and its "
+            "store), or start a tracking server (mlflow server --port 5000) and set "
+            "MLFLOW_TRACKING_URI=http://127.0.0.1:5000 with -A network=host"
+        )
     if not uri.startswith(("http://", "https://")):
         return
     try:

@@ -20,13 +20,24 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.utils.file_utils import local_file_uri_to_path
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_DOCKER_IMAGE_ID,
+    MLFLOW_DOCKER_IMAGE_URI,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_RUN_NAME,
+    MLFLOW_USER,
+)
 
 INPUT_URI_TAG = "mlpipe.input_uri"
 STAGE_TAG = "mlpipe.stage"
 BEST_RUN_TAG = "mlpipe.best_run_id"
 TRIAL_NUMBER_TAG = "mlpipe.trial_number"
 CHAINED_VARIABLE = "MLPIPE_CHAINED"
+# Set inside the training image (Dockerfile, Makefile's docker-run): the commit its own code
+# was built from (empty when the checkout is mounted instead), and the image `docker-run` used.
+SOURCE_COMMIT_VARIABLE = "MLPIPE_SOURCE_COMMIT"
+IMAGE_VARIABLE = "MLPIPE_DOCKER_IMAGE"
+IMAGE_ID_VARIABLE = "MLPIPE_DOCKER_IMAGE_ID"
 
 
 def parse_runs_uri(uri: str) -> tuple[str, str]:
@@ -148,7 +159,33 @@ def start_stage_run(stage: str, input_uri: str | None = None, name: str = "") ->
         mlflow.set_tag(MLFLOW_USER, login)
     if input_uri:
         mlflow.set_tag(INPUT_URI_TAG, input_uri)
+    record_container(run)
     return run
+
+
+def record_container(run: mlflow.ActiveRun) -> None:
+    """Tag a run made in the training image with the image and the commit of the code that ran.
+
+    `make docker-run` names its image in the environment (MLflow's docker_env backend tags it
+    itself, under the same tags). Code baked into the image (the docker_env project) is the
+    commit the image was built from, which the checkout that started the run may not be.
+    """
+    tags = run.data.tags
+    image = os.environ.get(IMAGE_VARIABLE)
+    if image and MLFLOW_DOCKER_IMAGE_URI not in tags:
+        mlflow.set_tag(MLFLOW_DOCKER_IMAGE_URI, image)
+        mlflow.set_tag(MLFLOW_DOCKER_IMAGE_ID, os.environ.get(IMAGE_ID_VARIABLE, ""))
+    image_commit = os.environ.get(SOURCE_COMMIT_VARIABLE)
+    if image_commit and tags.get(MLFLOW_GIT_COMMIT) != image_commit:
+        recorded = tags.get(MLFLOW_GIT_COMMIT)
+        if recorded:
+            print(
+                f"note: the image's code is commit {image_commit[:12]}, not the checkout's "
+                f"{recorded[:12]}; the run records {image_commit[:12]} (make docker-build "
+                "rebuilds the image from the checkout)",
+                flush=True,
+            )
+        mlflow.set_tag(MLFLOW_GIT_COMMIT, image_commit)
 
 
 def log_new_params(params: dict[str, object]) -> None:

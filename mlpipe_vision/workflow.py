@@ -6,6 +6,7 @@ the same git commit. A failed stage stops the chain with its name; the next `mai
 reuses every stage that finished and resumes at the one that failed.
 """
 
+import os
 import re
 import shlex
 import subprocess
@@ -35,7 +36,12 @@ def entry_point_defaults(entry_point: str, project_dir: Path = PROJECT_DIR) -> d
 
 
 def git_commit(project_dir: Path = PROJECT_DIR) -> str | None:
-    """The checked-out commit of the project, or None outside a git checkout."""
+    """The checked-out commit of the project, or None outside a git checkout.
+
+    In the training image, whose code has no .git, the commit the image was built from.
+    """
+    if os.environ.get(lineage.SOURCE_COMMIT_VARIABLE):
+        return os.environ[lineage.SOURCE_COMMIT_VARIABLE]
     try:
         completed = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True

@@ -98,10 +98,12 @@ def mlflow_run_command(
 ) -> tuple[list[str], dict[str, str]]:
     """The `mlflow run` command line and environment of an entry point, as a user runs it.
 
-    `tracking` may also hold "env" (more environment variables, such as a login) and "cwd"
-    (the working folder; the repository by default).
+    `tracking` may also hold "env" (more environment variables, such as a login), "cwd"
+    (the working folder; the repository by default) and "project" (the project folder; the
+    repository by default).
     """
-    command = [sys.executable, "-m", "mlflow", "run", str(REPO_DIR), "-e", entry_point]
+    project = tracking.get("project", REPO_DIR)
+    command = [sys.executable, "-m", "mlflow", "run", str(project), "-e", entry_point]
     command += ["--env-manager", "local", "--experiment-id", tracking["experiment_id"]]
     for name, value in parameters.items():
         command += ["-P", f"{name}={value}"]
@@ -233,3 +235,54 @@ def png_bomb(width: int, height: int) -> bytes:
     pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     signature = b"\x89PNG\r\n\x1a\n"
     return signature + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def docker_answers() -> bool:
+    completed = subprocess.run(["docker", "info"], capture_output=True)
+    return completed.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def docker_bases() -> None:
+    """A Docker engine, and the base images our Dockerfiles name (local stand-ins where the
+    public ones cannot be pulled: docker/bases.sh reuses any that are present)."""
+    if not docker_answers():
+        pytest.fail(
+            "no Docker engine answers: start one (as root: dockerd --bridge=none "
+            "--iptables=false &; .ci/run does) or deselect these tests with -m 'not docker'"
+        )
+    subprocess.run(["bash", str(REPO_DIR / "docker" / "bases.sh")], check=True)
+
+
+@pytest.fixture(scope="session")
+def training_image(docker_bases) -> str:
+    """The training image, built once per test run by `make docker-build` from this tree."""
+    completed = subprocess.run(
+        ["make", "--no-print-directory", "docker-build"],
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return "mlpipe-gpu:latest"
+
+
+def clone_project(destination: Path) -> Path:
+    """A git clone of the repository with the working tree's changes copied over it.
+
+    Stands for a user's own checkout: its default sqlite store and artifacts are its own.
+    """
+    subprocess.run(["git", "clone", "-q", str(REPO_DIR), str(destination)], check=True)
+    changed = subprocess.run(
+        ["git", "ls-files", "-z", "--modified", "--others", "--exclude-standard"],
+        cwd=REPO_DIR,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (item.decode() for item in changed)):
+        source, target = REPO_DIR / name, destination / name
+        if source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+            target.chmod(source.stat().st_mode)
+    return destination

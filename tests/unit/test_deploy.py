@@ -49,7 +49,7 @@ def test_server_image_and_pins_are_within_the_projects_requirements():
     texts = project["dependencies"] + project["optional-dependencies"]["team"]
     requirements = [Requirement(text) for text in texts]
     wanted = {requirement.name.lower(): requirement.specifier for requirement in requirements}
-    image = re.search(r"^FROM ghcr.io/mlflow/mlflow:v([\d.]+)$", dockerfile, re.MULTILINE)
+    image = re.search(r"^ARG MLFLOW_IMAGE=ghcr.io/mlflow/mlflow:v([\d.]+)$", dockerfile, re.M)
     pins = dict(re.findall(r'"([\w-]+)(?:\[\w+\])?==([\d.]+)"', dockerfile))
     assert image and image.group(1) in wanted["mlflow"], image
     assert {name.lower() for name in pins} == {"psycopg", "flask-wtf"}
@@ -74,7 +74,7 @@ def test_compose_creates_the_databases_team_stack_creates():
     created.add(COMPOSE["services"]["postgres"]["environment"]["POSTGRES_DB"])
     assert created == set(team_stack.DATABASES)
     command = " ".join(COMPOSE["services"]["mlflow"]["command"])
-    assert "--backend-store-uri postgresql+psycopg://mlpipe@postgres:5432/mlflow " in command
+    assert "--backend-store-uri postgresql+psycopg://mlpipe@127.0.0.1/mlflow " in command
     assert "--app-name basic-auth" in command
 
 
@@ -89,3 +89,10 @@ def test_team_stack_writes_the_deploy_login_settings_with_its_own_database(tmp_p
     )
     del written["mlflow"]["database_uri"], template["mlflow"]["database_uri"]
     assert dict(written["mlflow"]) == dict(template["mlflow"])
+
+
+def test_compose_uses_the_hosts_network_only():
+    for name, service in COMPOSE["services"].items():
+        assert service["network_mode"] == "host", name
+        assert "ports" not in service, name
+    assert COMPOSE["services"]["mlflow"]["build"]["network"] == "host"
