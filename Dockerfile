@@ -26,13 +26,15 @@ RUN apt-get update \
     && useradd --create-home --uid 1000 mlpipe
 WORKDIR /home/mlpipe/app
 
-# Dependencies first, so code changes do not reinstall them; tensorflow is already in the
-# base image at the pinned version and is kept.
-COPY --chown=mlpipe:mlpipe pyproject.toml README.md ./
-COPY --chown=mlpipe:mlpipe mlpipe_vision ./mlpipe_vision
-RUN pip install --no-cache-dir .
+# Dependencies first, read from pyproject.toml alone, so a code change rebuilds only the layers
+# below; tensorflow is already in the base image at the pinned version and is kept.
+COPY --chown=mlpipe:mlpipe pyproject.toml ./
+RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
 
 COPY --chown=mlpipe:mlpipe . .
+RUN pip install --no-cache-dir --no-deps .
 USER 1000:1000
 
 CMD ["mlflow", "run", ".", "-e", "train", "--env-manager", "local"]

@@ -108,6 +108,7 @@ bench: install data ## run the benchmarks (~2 hours); tables on screen, JSON in 
 	$(BIN)/python bench/training.py --pipeline --sweep "$(BENCH_SWEEP)"
 	$(BIN)/python bench/scale.py --vgg16
 	$(BIN)/python bench/team.py
+	$(BIN)/python bench/docker.py
 
 clean: ## remove the local tracking store and caches (keeps .venv)
 	rm -rf mlruns mlartifacts mlflow.db .pytest_cache .ruff_cache
