@@ -43,6 +43,11 @@ PRODUCED_BY = "runs:/<preprocess_run_id>/preprocessed from a preprocess run"
 FINE_TUNE_RATE_FACTOR = 0.1
 POSITIVE_CLASS = 1
 EVALUATION_BATCH_SIZE = 256
+# Evaluation batches hold at most this much float32 input: 256 Fashion-MNIST images, 55 of
+# VGG16's 224x224 RGB. Larger ones only cost memory: a 256-image batch at 224x224 RGB is 154 MB
+# of input and about 400 MB of first-layer activations, and predict prepares the next batch
+# meanwhile, so the peak depended on whether a split held one full batch or several.
+EVALUATION_BATCH_BYTES = 32 * 2**20
 MISCLASSIFIED_SHOWN = 25
 # Below this many training images in some class, test metrics swing by several points
 # from one seed or split to the next.
@@ -580,6 +585,12 @@ def fine_tune(
     )
 
 
+def evaluation_batch_size(image_shape: tuple[int, ...] | list[int]) -> int:
+    """The batch size for validation and test: EVALUATION_BATCH_SIZE, less for large images."""
+    image_bytes = 4 * math.prod(int(size) for size in image_shape)
+    return max(1, min(EVALUATION_BATCH_SIZE, EVALUATION_BATCH_BYTES // image_bytes))
+
+
 def log_test_results(
     model: keras.Model, folder: Path, meta: dict, class_names: list[str]
 ) -> dict[str, float]:
@@ -588,7 +599,8 @@ def log_test_results(
     Returns:
         The test metrics by Keras name (accuracy, loss, ...).
     """
-    test_data = make_dataset(folder, meta, "test", len(class_names), EVALUATION_BATCH_SIZE)
+    batch_size = evaluation_batch_size(meta["image_shape"])
+    test_data = make_dataset(folder, meta, "test", len(class_names), batch_size)
     # One pass over the test set gives the metrics and the pictures (evaluate and then
     # predict would run the network over it twice).
     probabilities = model.predict(test_data, verbose=0)
@@ -750,7 +762,11 @@ def run_train(
             augmentation=build_augmentation(augmentations, seed) if augmentations else None,
         )
         validation_data = make_dataset(
-            preprocessed_dir, meta, "validation", num_classes, EVALUATION_BATCH_SIZE
+            preprocessed_dir,
+            meta,
+            "validation",
+            num_classes,
+            evaluation_batch_size(meta["image_shape"]),
         )
         with strategy.scope():
             model = models.build_network(
