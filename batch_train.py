@@ -26,25 +26,8 @@ the same command after a kill (or with a larger n_trials) skips finished trials.
 
 import argparse
 
+from mlpipe_vision import train_parameters
 from mlpipe_vision.cli import native_stderr_silenced, run_or_exit
-
-# The train parameters, in the order of train.py; each is swept, fixed or left to train.
-TRAIN_PARAMETERS = {
-    "convolutions": "convolution blocks; 0 = VGG16 transfer learning",
-    "conv_filters": "filters of the first convolution block",
-    "dense_units": "units of the dense layer",
-    "dropout_rate": "dropout in [0, 1)",
-    "epochs": "epochs per trial",
-    "batch_size": "training batch size",
-    "learning_rate": "learning rate",
-    "optimizer": "adam, adamw, sgd or rmsprop",
-    "augment": "true or false",
-    "early_stopping_patience": "early stopping patience; 0 = off",
-    "seed": "seed of each trial's training",
-    "weights": "VGG16 only: imagenet, none or a weights file",
-    "fine_tune_epochs": "VGG16 only: epochs that also train its top block",
-    "mixed_precision": "auto (on where there is a GPU), true or false",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,9 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data", required=True, help="runs:/<preprocess_run_id>/preprocessed or a local folder"
     )
-    for name, meaning in TRAIN_PARAMETERS.items():
+    # Every train parameter, as text: swept, fixed or (empty) left to train's default.
+    for field in train_parameters.fields():
         parser.add_argument(
-            f"--{name}", default="", help=f"{meaning}: a value, a,b,c list or low:high[:log]"
+            f"--{field.name}",
+            default="",
+            help=f"{field.metadata['help']}; a value, an a,b,c list or low:high[:log]",
         )
     parser.add_argument(
         "--n_trials",
@@ -94,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     """Parse the command line and run the stage."""
     args = vars(build_parser().parse_args())
-    search_space = {name: args.pop(name) for name in TRAIN_PARAMETERS}
+    search_space = {name: args.pop(name) for name in train_parameters.types()}
     with native_stderr_silenced():
         from mlpipe_vision import sweeps
     run_or_exit(sweeps.run_sweep, search_space=search_space, **args)

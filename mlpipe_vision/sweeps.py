@@ -14,7 +14,6 @@ again with the same arguments finds its study there and runs only what is left.
 
 import argparse
 import hashlib
-import inspect
 import itertools
 import json
 import math
@@ -46,7 +45,7 @@ from mlflow.utils.mlflow_tags import (  # noqa: E402
     MLFLOW_USER,
 )
 
-from mlpipe_vision import VERBOSE, lineage, training  # noqa: E402
+from mlpipe_vision import VERBOSE, lineage, train_parameters, training  # noqa: E402
 from mlpipe_vision.cli import str_to_bool  # noqa: E402
 
 if not VERBOSE:
@@ -76,8 +75,11 @@ TRIAL_LOG = "train.log"
 # What the trial process runs: the train stage's function, with the trial's parameters.
 TRIAL_PROGRAM = (
     "import json, sys\n"
-    "from mlpipe_vision import cli, training\n"
-    "cli.run_or_exit(training.run_train, **json.loads(sys.argv[1]))\n"
+    "from mlpipe_vision import cli, training, train_parameters\n"
+    "arguments = json.loads(sys.argv[1])\n"
+    "data = arguments.pop('data')\n"
+    "parameters = train_parameters.TrainParameters(**arguments)\n"
+    "cli.run_or_exit(training.run_train, data=data, parameters=parameters)\n"
 )
 # Lines kept in each trial's train.log but not echoed to the console: TensorFlow's C++
 # info and warnings (absl format, "I0000 00:00:..."), some printed before its log level
@@ -147,13 +149,8 @@ class SearchSpace:
 
 
 def train_parameter_types() -> dict[str, type]:
-    """The train stage's parameters (those of `training.run_train` but `data`) and types."""
-    signature = inspect.signature(training.run_train)
-    return {
-        name: type(parameter.default)
-        for name, parameter in signature.parameters.items()
-        if name != "data"
-    }
+    """The train stage's parameters and their types, from the schema."""
+    return train_parameters.types()
 
 
 def convert_value(name: str, text: str, kind: type) -> object:

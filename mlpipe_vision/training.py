@@ -5,6 +5,7 @@ that reads a `preprocessed/` artifact, trains, and logs metrics, plots and the m
 """
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -31,11 +32,11 @@ from mlpipe_vision import (  # noqa: E402
     models,
     preprocessing,
     shards,
+    train_parameters,
 )
 from mlpipe_vision.images import normalize  # noqa: E402
+from mlpipe_vision.train_parameters import TrainParameters  # noqa: E402
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-MIXED_PRECISION_CHOICES = ("auto", "true", "false")
 MODEL_ARTIFACT = "model"
 REQUIRED_FILE = "meta.json"
 PRODUCED_BY = "runs:/<preprocess_run_id>/preprocessed from a preprocess run"
@@ -63,65 +64,6 @@ AUGMENTATIONS = {
 }
 DEFAULT_AUGMENTATIONS = ("horizontal_flip", "shift")
 SHIFT_FRACTION = 0.1
-
-
-# --------------------------------------------------------------------------- parameters
-
-
-def check_parameters(
-    convolutions: int,
-    conv_filters: int,
-    dense_units: int,
-    dropout_rate: float,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
-    optimizer: str,
-    early_stopping_patience: int,
-    weights: str,
-    fine_tune_epochs: int,
-    mixed_precision: str = "auto",
-) -> None:
-    """Refuse impossible train parameters before any data is read.
-
-    Checks that need the image shape happen when the network is built.
-
-    Raises:
-        ValueError: Naming the first bad value and what would be right.
-    """
-    counts = {
-        "epochs": (epochs, 1),
-        "batch_size": (batch_size, 1),
-        "conv_filters": (conv_filters, 1),
-        "dense_units": (dense_units, 1),
-        "convolutions": (convolutions, 0),
-        "early_stopping_patience": (early_stopping_patience, 0),
-        "fine_tune_epochs": (fine_tune_epochs, 0),
-    }
-    for name, (value, smallest) in counts.items():
-        if value < smallest:
-            raise ValueError(f"{name} must be at least {smallest}, got {value}")
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-    if not (math.isfinite(learning_rate) and learning_rate > 0):
-        raise ValueError(f"learning_rate must be a positive number, got {learning_rate}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(
-            f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}"
-        )
-    if fine_tune_epochs and convolutions:
-        raise ValueError(
-            f"fine_tune_epochs={fine_tune_epochs} fine-tunes VGG16's top block, which only "
-            f"exists with convolutions=0 (got convolutions={convolutions}); set "
-            "fine_tune_epochs=0 or convolutions=0"
-        )
-    if mixed_precision not in MIXED_PRECISION_CHOICES:
-        raise ValueError(
-            f"mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, "
-            f"got {mixed_precision!r}"
-        )
-    if convolutions == 0:
-        models.resolve_vgg16_weights(weights)
 
 
 # ------------------------------------------------------------------------------ devices
@@ -280,7 +222,7 @@ def make_dataset(
 
 
 def make_optimizer(name: str, learning_rate: float, decay_steps: int) -> keras.optimizers.Optimizer:
-    """Create one of OPTIMIZERS with a cosine decay of the rate from `learning_rate` to 0.
+    """Create an optimizer with a cosine decay of the rate from `learning_rate` to 0.
 
     The decay over the planned steps lets the last epochs settle into a minimum (a third of
     a point of test accuracy on Fashion-MNIST at 10 epochs). SGD uses Nesterov momentum 0.9.
@@ -294,7 +236,8 @@ def make_optimizer(name: str, learning_rate: float, decay_steps: int) -> keras.o
         return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
     if name == "rmsprop":
         return keras.optimizers.RMSprop(schedule)
-    raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+    known = ", ".join(train_parameters.OPTIMIZERS)
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {known}")
 
 
 def make_metrics(num_classes: int) -> list[keras.metrics.Metric]:
@@ -338,7 +281,7 @@ def compile_model(
 
     Args:
         model: The model.
-        optimizer: One of OPTIMIZERS.
+        optimizer: One of train_parameters.OPTIMIZERS.
         learning_rate: The initial learning rate.
         decay_steps: Training steps over which the rate decays to 0.
         num_classes: Number of classes.
@@ -666,46 +609,165 @@ def open_preprocessed(data: str) -> Iterator[tuple[Path, dict]]:
         yield preprocessed_dir, meta
 
 
-def run_train(
-    data: str,
-    convolutions: int = 3,
-    conv_filters: int = 48,
-    dense_units: int = 256,
-    dropout_rate: float = 0.4,
-    epochs: int = 10,
-    batch_size: int = 64,
-    learning_rate: float = 0.001,
-    optimizer: str = "adam",
-    augment: bool = False,
-    early_stopping_patience: int = 3,
-    seed: int = 42,
-    weights: str = "imagenet",
-    fine_tune_epochs: int = 0,
-    mixed_precision: str = "auto",
-) -> str:
+@dataclasses.dataclass
+class Prepared:
+    """What the train stage sets up before its run starts: data, devices and the network."""
+
+    folder: Path
+    meta: dict
+    class_names: list[str]
+    strategy: tf.distribute.Strategy
+    device: str
+    augmentations: tuple[str, ...]
+    train_data: tf.data.Dataset
+    validation_data: tf.data.Dataset
+    model: keras.Model
+    warning: str | None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Training batches per epoch."""
+        return int(self.train_data.cardinality())
+
+
+def prepare(folder: Path, meta: dict, parameters: TrainParameters) -> Prepared:
+    """Pick the devices, seed everything, build the input pipelines and compile the network."""
+    class_names = list(meta["class_names"])
+    num_classes = len(class_names)
+    strategy, device = configure_devices(parameters.mixed_precision)
+    make_reproducible(parameters.seed, deterministic_ops=device == "cpu")
+    augmentations = augmentation_names(meta.get("dataset", "")) if parameters.augment else ()
+    augmentation = build_augmentation(augmentations, parameters.seed) if augmentations else None
+    train_data = make_dataset(
+        folder,
+        meta,
+        "train",
+        num_classes,
+        parameters.batch_size,
+        shuffle_seed=parameters.seed,
+        augmentation=augmentation,
+    )
+    validation_data = make_dataset(
+        folder, meta, "validation", num_classes, evaluation_batch_size(meta["image_shape"])
+    )
+    with strategy.scope():
+        model = models.build_network(
+            tuple(int(size) for size in meta["image_shape"]),
+            num_classes,
+            meta["normalization"],
+            parameters.convolutions,
+            parameters.conv_filters,
+            parameters.dense_units,
+            parameters.dropout_rate,
+            parameters.weights,
+        )
+        steps = parameters.epochs * int(train_data.cardinality())
+        compile_model(model, parameters.optimizer, parameters.learning_rate, steps, num_classes)
+    warning = small_data_warning(shards.read_labels(folder, meta, "train"), class_names)
+    return Prepared(
+        folder,
+        meta,
+        class_names,
+        strategy,
+        device,
+        augmentations,
+        train_data,
+        validation_data,
+        model,
+        warning,
+    )
+
+
+def log_setup(prepared: Prepared, parameters: TrainParameters, summary: str) -> None:
+    """Log the run's parameters (the schema's and what they became) and its setup tags."""
+    model, meta = prepared.model, prepared.meta
+    lineage.log_new_params(
+        {
+            **parameters.as_dict(),
+            "network": model.name,
+            "num_classes": len(prepared.class_names),
+            "image_shape": "x".join(str(size) for size in meta["image_shape"]),
+            "augmentations": ",".join(prepared.augmentations) or "none",
+            "steps_per_epoch": prepared.steps_per_epoch,
+            "total_parameters": model.count_params(),
+            "trainable_parameters": sum(int(np.prod(w.shape)) for w in model.trainable_weights),
+            **{f"{split}_examples": count for split, count in meta["counts"].items()},
+        }
+    )
+    mlflow.set_tags(
+        {
+            "mlpipe.device": prepared.device,
+            "mlpipe.dtype_policy": keras.mixed_precision.global_policy().name,
+            "mlpipe.dataset": meta.get("dataset", ""),
+        }
+    )
+    if len(prepared.class_names) == 2:
+        mlflow.set_tag("mlpipe.positive_class", prepared.class_names[POSITIVE_CLASS])
+    if prepared.warning:
+        mlflow.set_tag("mlpipe.warning", prepared.warning)
+    mlflow.log_text(summary, "model_summary.txt")
+
+
+def fit(prepared: Prepared, parameters: TrainParameters) -> tuple[dict[str, list[float]], int]:
+    """Train (and for VGG16 fine-tune); log each epoch, best_epoch and the learning curves.
+
+    Returns:
+        (metric name to one value per epoch run, the epoch whose weights the model holds).
+    """
+    history, best_epoch = fit_phase(
+        prepared.model,
+        prepared.train_data,
+        prepared.validation_data,
+        0,
+        parameters.epochs,
+        parameters.early_stopping_patience,
+    )
+    fine_tune_start = None
+    if parameters.fine_tune_epochs:
+        fine_tune_start = len(history["loss"])
+        tuned, best_epoch = fine_tune(
+            prepared.model,
+            prepared.strategy,
+            prepared.train_data,
+            prepared.validation_data,
+            parameters.optimizer,
+            parameters.learning_rate,
+            len(prepared.class_names),
+            fine_tune_start,
+            parameters.fine_tune_epochs,
+            parameters.early_stopping_patience,
+        )
+        history = {name: history[name] + tuned[name] for name in history}
+    mlflow.log_metric("best_epoch", best_epoch)
+    mlflow.set_tag("mlpipe.training_steps", len(history["loss"]) * prepared.steps_per_epoch)
+    log_figure(plot_learning_curves(history, fine_tune_start), "plots/learning_curves.png")
+    return history, best_epoch
+
+
+def log_results(prepared: Prepared) -> dict[str, float]:
+    """Evaluate on the test split and log the metrics, plots and the Keras model.
+
+    Returns:
+        The test metrics by Keras name.
+    """
+    folder, meta = prepared.folder, prepared.meta
+    test_metrics = log_test_results(prepared.model, folder, meta, prepared.class_names)
+    examples = shards.read_images(folder, meta, "test", np.arange(2))
+    log_keras_model(prepared.model, normalize(examples, meta["normalization"]))
+    return test_metrics
+
+
+def run_name(meta: dict, model: keras.Model, epochs: int) -> str:
+    """The run's name: 'train fashion_mnist: cnn_3x48, 10 epochs'."""
+    return f"train {meta.get('dataset', '')}: {model.name}, {epochs} epoch" + "s" * (epochs > 1)
+
+
+def run_train(data: str, parameters: TrainParameters | None = None) -> str:
     """The train stage: train on `preprocessed/`, log metrics, plots and the model.
 
     Args:
         data: URI of a preprocess run's `preprocessed/` artifact (or a local folder).
-        convolutions: Convolution blocks of the CNN; 0 trains VGG16 transfer learning.
-        conv_filters: Filters of the first block (doubling in each further block).
-        dense_units: Units of the hidden dense layer of the classifier head.
-        dropout_rate: Dropout rate in the head.
-        epochs: Epochs to train (for VGG16: with the base frozen).
-        batch_size: Batch size.
-        learning_rate: Initial learning rate; it decays along a cosine to 0 by the last
-            epoch.
-        optimizer: One of OPTIMIZERS.
-        augment: Randomly flip and shift training images, as suits the dataset.
-        early_stopping_patience: Stop after this many epochs without a better validation
-            loss and keep the best epoch's weights; 0 turns early stopping off.
-        seed: Seed of weights, shuffling and augmentation; same seed and data give the same
-            metrics on the CPU.
-        weights: VGG16 only: "imagenet", "none" or the path of a weights file.
-        fine_tune_epochs: VGG16 only: epochs that then train VGG16's top block too, at a
-            tenth of the learning rate.
-        mixed_precision: Compute in float16 with float32 weights: "auto" where there is a
-            GPU, "true" or "false". The packaged model computes in float32 either way.
+        parameters: The hyperparameters (see `TrainParameters`); None takes every default.
 
     Returns:
         The model URI, `runs:/<run_id>/model`.
@@ -714,151 +776,35 @@ def run_train(
         ValueError: For a URI without `preprocessed/` or impossible parameters, before
             training starts.
     """
-    hyperparameters = {
-        "convolutions": convolutions,
-        "conv_filters": conv_filters,
-        "dense_units": dense_units,
-        "dropout_rate": dropout_rate,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "optimizer": optimizer,
-        "augment": augment,
-        "early_stopping_patience": early_stopping_patience,
-        "seed": seed,
-        "weights": weights,
-        "fine_tune_epochs": fine_tune_epochs,
-        "mixed_precision": mixed_precision,
-    }
-    check_parameters(
-        convolutions,
-        conv_filters,
-        dense_units,
-        dropout_rate,
-        epochs,
-        batch_size,
-        learning_rate,
-        optimizer,
-        early_stopping_patience,
-        weights,
-        fine_tune_epochs,
-        mixed_precision,
-    )
+    parameters = parameters or TrainParameters()
+    parameters.check()
     # The preprocessed shards stay on disk (downloaded if remote) while training streams them.
     with open_preprocessed(data) as (preprocessed_dir, meta):
-        class_names = list(meta["class_names"])
-        image_shape = tuple(int(size) for size in meta["image_shape"])
-        num_classes = len(class_names)
-        strategy, device = configure_devices(mixed_precision)
-        make_reproducible(seed, deterministic_ops=device == "cpu")
-        augmentations = augmentation_names(meta.get("dataset", "")) if augment else ()
-        train_data = make_dataset(
-            preprocessed_dir,
-            meta,
-            "train",
-            num_classes,
-            batch_size,
-            shuffle_seed=seed,
-            augmentation=build_augmentation(augmentations, seed) if augmentations else None,
-        )
-        validation_data = make_dataset(
-            preprocessed_dir,
-            meta,
-            "validation",
-            num_classes,
-            evaluation_batch_size(meta["image_shape"]),
-        )
-        with strategy.scope():
-            model = models.build_network(
-                image_shape,
-                num_classes,
-                meta["normalization"],
-                convolutions,
-                conv_filters,
-                dense_units,
-                dropout_rate,
-                weights,
-            )
-            steps = epochs * int(train_data.cardinality())
-            compile_model(model, optimizer, learning_rate, steps, num_classes)
+        prepared = prepare(preprocessed_dir, meta, parameters)
+        model = prepared.model
         summary = model_summary(model)
         if VERBOSE:
             print(summary)
         else:  # the table is the run's model_summary.txt
             print(f"network {model.name}: {model.count_params():,} parameters")
-        steps_per_epoch = int(train_data.cardinality())
-        warning = small_data_warning(
-            shards.read_labels(preprocessed_dir, meta, "train"), class_names
-        )
-
         started = time.perf_counter()
-        name = f"train {meta.get('dataset', '')}: {model.name}, {epochs} epoch" + "s" * (epochs > 1)
+        name = run_name(meta, model, parameters.epochs)
         with lineage.start_stage_run("train", input_uri=data, name=name) as run:
-            lineage.log_new_params(
-                {
-                    **hyperparameters,
-                    "network": model.name,
-                    "num_classes": num_classes,
-                    "image_shape": "x".join(str(size) for size in image_shape),
-                    "augmentations": ",".join(augmentations) or "none",
-                    "steps_per_epoch": steps_per_epoch,
-                    "total_parameters": model.count_params(),
-                    "trainable_parameters": sum(
-                        int(np.prod(w.shape)) for w in model.trainable_weights
-                    ),
-                    **{f"{split}_examples": count for split, count in meta["counts"].items()},
-                }
-            )
-            mlflow.set_tags(
-                {
-                    "mlpipe.device": device,
-                    "mlpipe.dtype_policy": keras.mixed_precision.global_policy().name,
-                    "mlpipe.dataset": meta.get("dataset", ""),
-                }
-            )
-            if num_classes == 2:
-                mlflow.set_tag("mlpipe.positive_class", class_names[POSITIVE_CLASS])
-            if warning:
-                mlflow.set_tag("mlpipe.warning", warning)
-            mlflow.log_text(summary, "model_summary.txt")
-
-            history, best_epoch = fit_phase(
-                model, train_data, validation_data, 0, epochs, early_stopping_patience
-            )
-            fine_tune_start = None
-            if fine_tune_epochs:
-                fine_tune_start = len(history["loss"])
-                tuned, best_epoch = fine_tune(
-                    model,
-                    strategy,
-                    train_data,
-                    validation_data,
-                    optimizer,
-                    learning_rate,
-                    num_classes,
-                    fine_tune_start,
-                    fine_tune_epochs,
-                    early_stopping_patience,
-                )
-                history = {name: history[name] + tuned[name] for name in history}
-            epochs_run = len(history["loss"])
-            mlflow.log_metric("best_epoch", best_epoch)
-            mlflow.set_tag("mlpipe.training_steps", epochs_run * steps_per_epoch)
-            log_figure(plot_learning_curves(history, fine_tune_start), "plots/learning_curves.png")
-            test_metrics = log_test_results(model, preprocessed_dir, meta, class_names)
-            examples = shards.read_images(preprocessed_dir, meta, "test", np.arange(2))
-            log_keras_model(model, normalize(examples, meta["normalization"]))
+            log_setup(prepared, parameters, summary)
+            history, _ = fit(prepared, parameters)
+            test_metrics = log_results(prepared)
             run_id = run.info.run_id
     model_uri = lineage.artifact_uri(run_id, MODEL_ARTIFACT)
     seconds = time.perf_counter() - started
     shown = ", ".join(f"test {name} {value:.4f}" for name, value in test_metrics.items())
+    epochs_run = len(history["loss"])
     epochs_shown = f"{epochs_run} epoch" + "s" * (epochs_run != 1)
     print(
-        f"\n{shown} ({epochs_shown} of {steps_per_epoch} steps, batch {batch_size}, "
-        f"in {seconds:.0f} s, on {device})"
+        f"\n{shown} ({epochs_shown} of {prepared.steps_per_epoch} steps, batch "
+        f"{parameters.batch_size}, in {seconds:.0f} s, on {prepared.device})"
     )
-    if warning:
-        print(warning)
+    if prepared.warning:
+        print(prepared.warning)
     print(f"train run ID: {run_id}")
     print(f"model URI: {model_uri}")
     lineage.print_next("package", model=model_uri)

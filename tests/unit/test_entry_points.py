@@ -8,6 +8,7 @@ import sys
 import pytest
 import yaml
 
+from mlpipe_vision import train_parameters
 from tests.conftest import REPO_DIR, free_port
 
 MLPROJECT = yaml.safe_load((REPO_DIR / "MLproject").read_text())
@@ -74,3 +75,20 @@ def test_an_unreachable_tracking_server_is_one_line_not_minutes_of_retries(tmp_p
         f"error: the tracking server {uri} does not answer ([Errno 111] Connection refused). "
         "Start it (python team_stack.py start) or point MLFLOW_TRACKING_URI at the running one"
     ]
+
+
+MLPROJECT_TYPES = {int: "int", float: "float", str: "string", bool: "string"}
+
+
+def test_mlproject_train_parameters_are_the_schema():
+    """MLflow reads MLproject alone: its train parameters are TrainParameters, in order."""
+    train = ENTRY_POINTS["train"]["parameters"]
+    assert list(train) == ["data", *train_parameters.types()]
+    for field in train_parameters.fields():
+        spec = train[field.name]
+        assert spec["type"] == MLPROJECT_TYPES[field.type], field.name
+        default = str(spec["default"]).lower() if field.type is bool else spec["default"]
+        expected = str(field.default).lower() if field.type is bool else field.default
+        assert default == expected, field.name
+    swept = list(ENTRY_POINTS["train_batch"]["parameters"])[1 : 1 + len(train_parameters.types())]
+    assert swept == list(train_parameters.types())

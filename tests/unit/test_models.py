@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from keras.applications import vgg16
 
-from mlpipe_vision import models, training
+from mlpipe_vision import models
+from mlpipe_vision.train_parameters import TrainParameters
 
 GRAY_NORMALIZATION = {"mean": [72.9], "std": [90.0]}
 RGB_NORMALIZATION = {"mean": [120.0, 110.0, 100.0], "std": [60.0, 50.0, 40.0]}
@@ -211,12 +212,12 @@ VALID = {
 )
 def test_impossible_train_parameters_are_refused(changes, message):
     with pytest.raises(ValueError, match=message):
-        training.check_parameters(**{**VALID, **changes})
+        TrainParameters(**{**VALID, **changes}).check()
 
 
 def test_valid_train_parameters_pass():
-    training.check_parameters(**VALID)
-    training.check_parameters(**{**VALID, "convolutions": 0, "fine_tune_epochs": 2})
+    TrainParameters(**VALID).check()
+    TrainParameters(**{**VALID, "convolutions": 0, "fine_tune_epochs": 2}).check()
 
 
 @pytest.fixture

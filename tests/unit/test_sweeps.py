@@ -1,7 +1,6 @@
 """Search-space parsing, sampler choice, study names, resuming, and the trial objective."""
 
 import importlib.util
-import inspect
 import socket
 import subprocess
 import time
@@ -10,7 +9,7 @@ import mlflow
 import optuna
 import pytest
 
-from mlpipe_vision import sweeps, training
+from mlpipe_vision import sweeps, train_parameters
 from tests.conftest import REPO_DIR
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -142,16 +141,17 @@ def test_study_name_depends_on_the_definition_only():
     assert sweeps.default_study_storage(name).endswith(f"optuna-{name}.db")
 
 
-def test_train_parameters_agree_across_run_train_and_the_scripts():
-    """train.py's defaults are run_train's; batch_train.py sweeps exactly those parameters."""
+def test_train_parameters_agree_across_the_schema_and_the_scripts():
+    """train.py's defaults are the schema's; batch_train.py sweeps exactly those parameters."""
     types = sweeps.train_parameter_types()
-    assert list(types) == list(load_script("batch_train.py").TRAIN_PARAMETERS)
+    batch_parser = load_script("batch_train.py").build_parser()
+    swept = [action.dest for action in batch_parser._actions if action.dest in types]
+    assert swept == list(types)
     parser = load_script("train.py").build_parser()
     actions = {action.dest: action for action in parser._actions if action.dest != "help"}
     assert set(actions) == {"data", *types}
-    for name, parameter in inspect.signature(training.run_train).parameters.items():
-        if name != "data":
-            assert actions[name].default == parameter.default, name
+    for field in train_parameters.fields():
+        assert actions[field.name].default == field.default, field.name
 
 
 def open_test_study(tmp_path, name="grid"):
