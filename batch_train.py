@@ -27,7 +27,8 @@ the same command after a kill (or with a larger n_trials) skips finished trials.
 import argparse
 
 from mlpipe_vision import train_parameters
-from mlpipe_vision.cli import native_stderr_silenced, run_or_exit
+from mlpipe_vision.cli import run_or_exit
+from mlpipe_vision.console import native_stderr_silenced
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,8 @@ Ends by printing the `mlflow models serve` and curl commands for the registered 
 
 import argparse
 
-from mlpipe_vision.cli import native_stderr_silenced, run_or_exit, str_to_bool
+from mlpipe_vision import workflow
+from mlpipe_vision.cli import run_or_exit, str_to_bool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     """Parse the command line and run the chain."""
     args = build_parser().parse_args()
-    with native_stderr_silenced():  # TensorFlow's C++ start-up lines
-        from mlpipe_vision import workflow
     run_or_exit(workflow.run_main, **vars(args))
 
 

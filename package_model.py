@@ -13,7 +13,8 @@ Next:   mlflow models serve -m models:/<name>@<alias> -p 5000 --env-manager loca
 
 import argparse
 
-from mlpipe_vision.cli import native_stderr_silenced, optional_float, run_or_exit
+from mlpipe_vision.cli import optional_float, run_or_exit
+from mlpipe_vision.console import native_stderr_silenced
 
 
 def build_parser() -> argparse.ArgumentParser:

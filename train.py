@@ -19,7 +19,8 @@ builds VGG16 transfer learning (frozen base, optional fine-tuning of its top blo
 import argparse
 
 from mlpipe_vision import train_parameters
-from mlpipe_vision.cli import native_stderr_silenced, run_or_exit, str_to_bool
+from mlpipe_vision.cli import run_or_exit, str_to_bool
+from mlpipe_vision.console import native_stderr_silenced
 
 
 def build_parser() -> argparse.ArgumentParser:

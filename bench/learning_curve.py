@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import mlflow  # noqa: E402
 
-from mlpipe_vision import datasets, lineage, models, preprocessing, stats, training  # noqa: E402
+from mlpipe_vision import artifacts, datasets, models, preprocessing, stats, training  # noqa: E402
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT_PATH = REPO_DIR / "bench" / "results" / "learning_curve.json"
@@ -63,7 +63,7 @@ def run_stage(preprocessed_dir: Path, epochs: int) -> dict:
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         model_uri = training.run_train(str(preprocessed_dir), epochs=epochs)
-    run = mlflow.MlflowClient().get_run(lineage.parse_runs_uri(model_uri)[0])
+    run = mlflow.MlflowClient().get_run(artifacts.parse_runs_uri(model_uri)[0])
     metrics = run.data.metrics
     return {
         "test_accuracy": metrics["test_accuracy"],

@@ -297,11 +297,11 @@ def load_test_images(data_uri: str, count: int) -> np.ndarray:
     """The first `count` raw uint8 test images (N, 28, 28, 1) of the logged dataset."""
     import mlflow
 
-    from mlpipe_vision import datasets, shards
+    from mlpipe_vision import artifacts, shards
 
     with tempfile.TemporaryDirectory() as tmp:
         dataset_dir = Path(mlflow.artifacts.download_artifacts(data_uri, dst_path=tmp))
-        meta = datasets.read_meta(dataset_dir)
+        meta = artifacts.read_dataset_meta(dataset_dir)
         return shards.read_images(dataset_dir, meta, "test", np.arange(count))
 
 

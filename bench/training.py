@@ -42,7 +42,7 @@ import keras  # noqa: E402
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mlpipe_vision import datasets, lineage, models, preprocessing, stats, training  # noqa: E402
+from mlpipe_vision import artifacts, datasets, models, preprocessing, stats, training  # noqa: E402
 from mlpipe_vision.images import normalize  # noqa: E402
 
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def time_stage(preprocessed_dir: Path, epochs: int) -> tuple[float, list[float]]
             str(preprocessed_dir), epochs=epochs, early_stopping_patience=0
         )
     seconds = time.perf_counter() - started
-    run_id, _ = lineage.parse_runs_uri(model_uri)
+    run_id, _ = artifacts.parse_runs_uri(model_uri)
     history = mlflow.MlflowClient().get_metric_history(run_id, "epoch_seconds")
     return seconds, [metric.value for metric in sorted(history, key=lambda m: m.step)]
 
@@ -108,7 +108,7 @@ def time_bare_keras(
     """Wall time and epoch times of the plain Keras script: same network, optimizer and
     batch size, arrays in memory, then the test set evaluated; `limit` trains on fewer
     images (for the warm-up)."""
-    split_arrays, meta = preprocessing.load_preprocessed(preprocessed_dir)
+    split_arrays, meta = artifacts.load_preprocessed(preprocessed_dir)
     split_arrays = {
         split: (normalize(pixels, meta["normalization"]), labels)
         for split, (pixels, labels) in split_arrays.items()
@@ -151,7 +151,7 @@ def measure_overhead(preprocessed_dir: Path, epochs: int, repeats: int) -> dict:
     each side's fixed seconds (wall time minus its epochs) show where a difference comes
     from.
     """
-    train_count = preprocessing.read_preprocessed_meta(preprocessed_dir)["counts"]["train"]
+    train_count = artifacts.read_preprocessed_meta(preprocessed_dir)["counts"]["train"]
     # Untimed: TensorFlow's one-off start-up, and the tracking store's tables, which a
     # pipeline creates once in get_data, not in every train run.
     time_bare_keras(preprocessed_dir, 1, limit=512)

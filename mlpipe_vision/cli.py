@@ -2,20 +2,18 @@
 
 import argparse
 import contextlib
-import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import mlflow
 import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlpipe_vision import VERBOSE
-
-ERROR_TAG = "mlpipe.error"
+from mlpipe_vision import artifacts
+from mlpipe_vision.console import quiet_console
 
 
 class StageFailedError(RuntimeError):
@@ -111,19 +109,6 @@ def run_or_exit(stage: Callable[..., object], **arguments: object) -> None:
         sys.exit(1)
 
 
-def quiet_console() -> None:
-    """Keep MLflow's artifact progress bars and INFO lines off the console.
-
-    Also set in the environment, so the stages `main` runs inherit it. Warnings and errors
-    still show; MLPIPE_VERBOSE=1 shows everything.
-    """
-    if VERBOSE:
-        return
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
-
-
 def check_tracking_server(timeout_seconds: float = 10.0) -> None:
     """Fail at once when an HTTP tracking server does not answer, or the store is unwritable.
 
@@ -164,27 +149,4 @@ def record_error(message: str) -> None:
     if run_id:
         # The error is already printed; the tag is a convenience for `main`.
         with contextlib.suppress(MlflowException):
-            MlflowClient().set_tag(run_id, ERROR_TAG, message[:5000])
-
-
-@contextlib.contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """Point file descriptor 2 at /dev/null, for the lines TensorFlow's C++ prints on load.
-
-    A few of them (CUDA and oneDNN notices) come before TF_CPP_MIN_LOG_LEVEL applies.
-    Python exceptions still show: they are printed after the descriptor is restored. With
-    MLPIPE_VERBOSE=1 nothing is silenced.
-    """
-    if VERBOSE:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
+            MlflowClient().set_tag(run_id, artifacts.ERROR_TAG, message[:5000])

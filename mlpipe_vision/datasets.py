@@ -6,13 +6,11 @@ names and a record of where each source file came from and whether its SHA-256 m
 official one. `run_get_data` at the bottom is the MLflow edge.
 """
 
-import contextlib
 import gzip
 import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +23,9 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.tracking.context import registry as context_registry
 from tqdm import tqdm
 
-from mlpipe_vision import fetch, images, lineage, shards, splits
+from mlpipe_vision import artifacts, console, fetch, images, lineage, shards, splits
 
 DATASET_NAMES = ("mnist", "fashion_mnist", "malaria", "image_dir")
-META_FILE = "meta.json"
-FILES_FILE = "files.json"
 
 
 @dataclass(frozen=True)
@@ -402,7 +398,7 @@ def write_meta(
     Returns:
         The meta.json record.
     """
-    (dataset_dir / FILES_FILE).write_text(json.dumps(files, indent=1))
+    (dataset_dir / artifacts.FILES_FILE).write_text(json.dumps(files, indent=1))
     meta = {
         "dataset": name,
         "class_names": list(class_names),
@@ -417,7 +413,7 @@ def write_meta(
         "shards": split_shards,
         **details,
     }
-    (dataset_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+    (dataset_dir / artifacts.META_FILE).write_text(json.dumps(meta, indent=2))
     return meta
 
 
@@ -447,17 +443,9 @@ def save_dataset(dataset: Dataset, dataset_dir: Path, seed: int = 42) -> dict:
     )
 
 
-def read_meta(dataset_dir: Path) -> dict:
-    """Read a `dataset/` or `preprocessed/` folder's meta.json and check it lists shards."""
-    meta = json.loads((Path(dataset_dir) / META_FILE).read_text())
-    for split in meta.get("counts", {}):
-        shards.split_shards(meta, split)
-    return meta
-
-
 def read_dataset(dataset_dir: Path) -> Dataset:
     """Read a whole `dataset/` folder into memory: for small data and tests, not the stages."""
-    meta = read_meta(dataset_dir)
+    meta = artifacts.read_dataset_meta(dataset_dir)
     train_images, train_labels = shards.read_split(dataset_dir, meta, "train")
     test_images, test_labels = shards.read_split(dataset_dir, meta, "test")
     return Dataset(
@@ -468,24 +456,8 @@ def read_dataset(dataset_dir: Path) -> Dataset:
         class_names=meta["class_names"],
         name=meta["dataset"],
         source=meta["source"],
-        files=json.loads((Path(dataset_dir) / FILES_FILE).read_text()),
+        files=json.loads((Path(dataset_dir) / artifacts.FILES_FILE).read_text()),
     )
-
-
-@contextlib.contextmanager
-def open_dataset(data_uri: str) -> Iterator[tuple[Path, dict]]:
-    """Make a `dataset/` URI (or local folder) available on disk: yields (folder, meta).
-
-    A downloaded copy lives in a temporary folder until the `with` block ends.
-    """
-    with tempfile.TemporaryDirectory(prefix="mlpipe_dataset_") as download_dir:
-        dataset_dir = lineage.resolve_artifact_dir(
-            data_uri,
-            META_FILE,
-            "runs:/<get_data_run_id>/dataset from a get_data run",
-            dst_path=download_dir,
-        )
-        yield dataset_dir, read_meta(dataset_dir)
 
 
 class FittedImageWriter:
@@ -690,7 +662,7 @@ def write_tfds_malaria(
     except Exception as error:  # TFDS raises many kinds when offline or on bad data
         raise ValueError(
             f"TFDS could not prepare 'malaria' in {data_dir or tfds.core.constants.DATA_DIR} "
-            f"({lineage.first_line(error)}). Pass -P data_dir=<TFDS folder that holds it>, or "
+            f"({console.first_line(error)}). Pass -P data_dir=<TFDS folder that holds it>, or "
             "unzip cell_images.zip and pass -P dataset=image_dir -P source=<.../cell_images>."
         ) from error
     _, test_index = splits.stratified_split(labels, test_fraction, seed)
@@ -786,10 +758,9 @@ def dataset_input(meta: dict) -> MetaDataset:
     if meta["source"].startswith("tfds:"):
         source = CodeDatasetSource(tags=context_registry.resolve_tags())
     else:
-        with warnings.catch_warnings():
-            # MLflow registers its local-file source twice (for "file" and for no scheme)
-            # and warns that a path "can be interpreted in multiple ways": both are the same.
-            warnings.filterwarnings("ignore", message="The specified dataset source can be")
+        # MLflow registers its local-file source twice (for "file" and for no scheme) and
+        # warns that a path "can be interpreted in multiple ways": both are the same.
+        with console.without_warning("The specified dataset source can be"):
             source = resolve_dataset_source(meta["source"])
     return MetaDataset(source=source, name=meta["dataset"], digest=digest)
 
@@ -829,14 +800,14 @@ def run_get_data(
             mlflow.log_input(dataset_input(meta), context="train")
             mlflow.set_tags(
                 {
-                    "mlpipe.dataset": meta["dataset"],
-                    "mlpipe.verified": str(meta["verified"]).lower(),
+                    artifacts.DATASET_TAG: meta["dataset"],
+                    artifacts.VERIFIED_TAG: str(meta["verified"]).lower(),
                 }
             )
             mlflow.log_metrics(
                 {"train_examples": meta["counts"]["train"], "test_examples": meta["counts"]["test"]}
             )
-            data_uri = lineage.artifact_uri(run.info.run_id, "dataset")
+            data_uri = artifacts.artifact_uri(run.info.run_id, "dataset")
     status = "verified" if meta["verified"] else "NOT verified against official checksums"
     print(
         f"\n{meta['dataset']}: {meta['counts']['train']} train / {meta['counts']['test']} test "

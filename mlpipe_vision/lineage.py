@@ -1,25 +1,17 @@
-"""Artifact URIs between stages: resolving them, tagging runs with them, printing the next step.
+"""The run of each stage: starting and tagging it, what it records, and the next command.
 
-Stages never read another run's files from disk directly; they hand each other
-`runs:/<run_id>/<path>` URIs and resolve them here through MLflow, so the same code works
-against the local sqlite store and a shared tracking server. Where the store keeps its
-artifacts on this machine's disk (the local default), a stage reads the artifact folder in
-place instead of copying it: a dataset of several GB is then stored once, not once more for
-every stage that reads it.
+Every stage starts its run through `start_stage_run`, which tags the stage and the URI it
+read (so later stages and `main` can follow the lineage back), names the run for what it is,
+and, in the training image, records the image and the commit of the code that ran. Artifact
+URIs and the tags' names are in `mlpipe_vision.artifacts`.
 """
 
 import contextlib
-import json
 import os
 import shlex
-import tempfile
-import urllib.parse
 from collections.abc import Iterator
-from pathlib import Path
 
 import mlflow
-from mlflow.exceptions import MlflowException
-from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.mlflow_tags import (
     MLFLOW_DOCKER_IMAGE_ID,
     MLFLOW_DOCKER_IMAGE_URI,
@@ -28,110 +20,14 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_USER,
 )
 
-INPUT_URI_TAG = "mlpipe.input_uri"
-STAGE_TAG = "mlpipe.stage"
-BEST_RUN_TAG = "mlpipe.best_run_id"
-TRIAL_NUMBER_TAG = "mlpipe.trial_number"
+from mlpipe_vision import artifacts
+
 CHAINED_VARIABLE = "MLPIPE_CHAINED"
 # Set inside the training image (Dockerfile, Makefile's docker-run): the commit its own code
 # was built from (empty when the checkout is mounted instead), and the image `docker-run` used.
 SOURCE_COMMIT_VARIABLE = "MLPIPE_SOURCE_COMMIT"
 IMAGE_VARIABLE = "MLPIPE_DOCKER_IMAGE"
 IMAGE_ID_VARIABLE = "MLPIPE_DOCKER_IMAGE_ID"
-
-
-def parse_runs_uri(uri: str) -> tuple[str, str]:
-    """Split a `runs:/<run_id>/<path>` URI into the run ID and the artifact path.
-
-    Args:
-        uri: The URI.
-
-    Returns:
-        (run_id, artifact_path); the path is "" for the run's artifact root.
-
-    Raises:
-        ValueError: If the URI is not a runs:/ URI with a run ID.
-    """
-    prefix = "runs:/"
-    if not uri.startswith(prefix) or not uri[len(prefix) :].strip("/"):
-        raise ValueError(f"expected a URI like runs:/<run_id>/<path>, got {uri!r}")
-    run_id, _, artifact_path = uri[len(prefix) :].strip("/").partition("/")
-    return run_id, artifact_path
-
-
-def local_artifact_dir(uri: str) -> Path | None:
-    """The folder of an artifact whose store is on this machine's disk; None otherwise."""
-    if uri.startswith("runs:/"):
-        try:
-            run_id, artifact_path = parse_runs_uri(uri)
-            root = mlflow.MlflowClient().get_run(run_id).info.artifact_uri
-        except (MlflowException, ValueError):
-            return None
-        uri = f"{root.rstrip('/')}/{artifact_path}" if artifact_path else root
-    if urllib.parse.urlparse(uri).scheme not in ("", "file"):
-        return None
-    local_dir = Path(local_file_uri_to_path(uri))
-    return local_dir if local_dir.is_dir() else None
-
-
-def resolve_artifact_dir(
-    uri: str, required_file: str, produced_by: str, dst_path: str | None = None
-) -> Path:
-    """Make the artifact folder behind a URI available locally and check what it holds.
-
-    Args:
-        uri: A `runs:/`, `models:/` or any MLflow artifact URI, or a local folder.
-        required_file: A file that must exist in the folder (e.g. "meta.json").
-        produced_by: What would be right, for the error message
-            (e.g. "runs:/<get_data_run_id>/dataset from a get_data run").
-        dst_path: Where to download to (MLflow's default: a new temporary folder that
-            nobody removes; pass a `tempfile.TemporaryDirectory` for large artifacts).
-
-    Returns:
-        The local folder: the artifact itself when its store is on this disk (only read
-        it), else a downloaded copy.
-
-    Raises:
-        ValueError: If the URI cannot be resolved or does not hold `required_file`.
-    """
-    if not uri or not uri.strip():
-        raise ValueError(f"no input URI given; expected {produced_by}")
-    local_dir = Path(uri) if os.path.isdir(uri) else local_artifact_dir(uri)
-    if local_dir is None:
-        if "://" not in uri and ":/" not in uri:
-            raise ValueError(
-                f"{uri!r} is neither an existing folder nor a URI; expected {produced_by}"
-            )
-        try:
-            local_dir = Path(
-                mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst_path)
-            )
-        except (MlflowException, OSError) as error:
-            raise ValueError(
-                f"could not fetch {uri!r} ({first_line(error)}); expected {produced_by}"
-            ) from error
-    if not (local_dir / required_file).is_file():
-        raise ValueError(f"{uri!r} does not hold {required_file}; expected {produced_by}")
-    return local_dir
-
-
-def read_json_artifact(uri: str) -> dict:
-    """Download one JSON artifact (or read a local file) into a dict; nothing is left on disk.
-
-    Raises:
-        MlflowException, OSError: If the artifact cannot be fetched; ValueError if not JSON.
-    """
-    if Path(uri).is_file():
-        return json.loads(Path(uri).read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-        return json.loads(Path(path).read_text())
-
-
-def first_line(error: BaseException) -> str:
-    """Return the first line of an exception's message, for short error messages."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def start_stage_run(stage: str, input_uri: str | None = None, name: str = "") -> mlflow.ActiveRun:
@@ -150,15 +46,15 @@ def start_stage_run(stage: str, input_uri: str | None = None, name: str = "") ->
         (MLFLOW_TRACKING_USERNAME) the run's user is the login.
     """
     run = mlflow.start_run()
-    mlflow.set_tag(STAGE_TAG, stage)
-    if name and TRIAL_NUMBER_TAG not in run.data.tags:
+    mlflow.set_tag(artifacts.STAGE_TAG, stage)
+    if name and artifacts.TRIAL_NUMBER_TAG not in run.data.tags:
         mlflow.set_tag(MLFLOW_RUN_NAME, name)
     login = os.environ.get("MLFLOW_TRACKING_USERNAME")
     if login:
         # On a team server the login says who ran it; MLflow records the machine's user.
         mlflow.set_tag(MLFLOW_USER, login)
     if input_uri:
-        mlflow.set_tag(INPUT_URI_TAG, input_uri)
+        mlflow.set_tag(artifacts.INPUT_URI_TAG, input_uri)
     record_container(run)
     return run
 
@@ -199,11 +95,6 @@ def log_new_params(params: dict[str, object]) -> None:
     new = {key: value for key, value in params.items() if key not in existing}
     if new:
         mlflow.log_params(new)
-
-
-def artifact_uri(run_id: str, path: str) -> str:
-    """Build the `runs:/` URI of an artifact path in a run."""
-    return f"runs:/{run_id}/{path}"
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from pathlib import Path
 import keras
 from keras.applications import vgg16
 
+from mlpipe_vision import artifacts
 from mlpipe_vision.train_parameters import vgg16_weights
 
 # VGG16's five pooling stages need at least 32x32 pixels.
@@ -324,9 +325,9 @@ def fit_keras_example(preprocessed_dir: Path, epochs: int, seed: int = 42) -> di
     Returns:
         {"test_accuracy", "train_accuracy", "val_accuracy"} (the last two of the last epoch).
     """
-    from mlpipe_vision import images, preprocessing  # only the baseline needs the data code
+    from mlpipe_vision import images  # only the baseline needs the data code
 
-    split_arrays, meta = preprocessing.load_preprocessed(preprocessed_dir)
+    split_arrays, meta = artifacts.load_preprocessed(preprocessed_dir)
     normalized = {
         split: (images.normalize(pixels, meta["normalization"]), labels)
         for split, (pixels, labels) in split_arrays.items()

@@ -22,12 +22,11 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
-from mlpipe_vision import environment, lineage, models, pyfunc_model, serving
+from mlpipe_vision import artifacts, console, environment, lineage, models, pyfunc_model, serving
 from mlpipe_vision.preprocessing import make_normalization
 
 PYFUNC_CODE_PATH = Path(pyfunc_model.__file__)
 MLPIPE_DIR = PYFUNC_CODE_PATH.parent
-REGISTERED_MODEL_TAG = "mlpipe.registered_model_uri"
 
 
 @dataclass
@@ -83,30 +82,30 @@ def resolve_trained_model(model_uri: str, client: MlflowClient) -> TrainedModel:
                 else client.get_model_version(name, version)
             )
             run = client.get_run(model_version.run_id)
-            if run.data.tags.get(lineage.STAGE_TAG) == "package":
+            if run.data.tags.get(artifacts.STAGE_TAG) == "package":
                 # A packaged model: repackage the network it was built from.
-                return resolve_trained_model(run.data.tags[lineage.INPUT_URI_TAG], client)
+                return resolve_trained_model(run.data.tags[artifacts.INPUT_URI_TAG], client)
             return TrainedModel(
-                model_uri, run.info.run_id, run.data.tags.get(lineage.INPUT_URI_TAG)
+                model_uri, run.info.run_id, run.data.tags.get(artifacts.INPUT_URI_TAG)
             )
-        run_id, artifact_path = lineage.parse_runs_uri(model_uri)
+        run_id, artifact_path = artifacts.parse_runs_uri(model_uri)
         run = client.get_run(run_id)
     except MlflowException as error:
         raise ValueError(
-            f"cannot find {model_uri!r} ({lineage.first_line(error)}); expected {expected}"
+            f"cannot find {model_uri!r} ({console.first_line(error)}); expected {expected}"
         ) from error
-    stage = run.data.tags.get(lineage.STAGE_TAG)
+    stage = run.data.tags.get(artifacts.STAGE_TAG)
     if stage == "train_batch":
-        best_run_id = run.data.tags.get(lineage.BEST_RUN_TAG)
+        best_run_id = run.data.tags.get(artifacts.BEST_RUN_TAG)
         if not best_run_id:
             raise ValueError(f"sweep run {run_id} has no finished trial to package")
-        return resolve_trained_model(lineage.artifact_uri(best_run_id, "model"), client)
+        return resolve_trained_model(artifacts.artifact_uri(best_run_id, "model"), client)
     if stage != "train":
         raise ValueError(f"run {run_id} is a {stage or 'non-mlpipe'} run; expected {expected}")
     return TrainedModel(
-        lineage.artifact_uri(run_id, artifact_path or "model"),
+        artifacts.artifact_uri(run_id, artifact_path or "model"),
         run_id,
-        run.data.tags.get(lineage.INPUT_URI_TAG),
+        run.data.tags.get(artifacts.INPUT_URI_TAG),
     )
 
 
@@ -124,17 +123,17 @@ def find_model_meta(trained: TrainedModel, mean: float | None, std: float | None
         raise ValueError(f"give both mean and std or neither; got mean={mean}, std={std}")
     if not trained.preprocessed_uri:
         raise ValueError(
-            f"train run {trained.train_run_id} has no {lineage.INPUT_URI_TAG} tag, so the data "
+            f"train run {trained.train_run_id} has no {artifacts.INPUT_URI_TAG} tag, so the data "
             "it was trained on (class names, image shape, normalization) cannot be found; "
             "package a model trained by this pipeline's train stage"
         )
     meta_uri = f"{trained.preprocessed_uri.rstrip('/')}/meta.json"
     try:
-        meta = lineage.read_json_artifact(meta_uri)
+        meta = artifacts.read_json_artifact(meta_uri)
     except (MlflowException, OSError, ValueError) as error:
         raise ValueError(
             f"cannot read {meta_uri}, the meta.json of the data train run "
-            f"{trained.train_run_id} was trained on ({lineage.first_line(error)}); expected "
+            f"{trained.train_run_id} was trained on ({console.first_line(error)}); expected "
             "a preprocess run's preprocessed/ artifact or a folder preprocess wrote"
         ) from error
     normalization = meta["normalization"]
@@ -176,8 +175,8 @@ def sample_test_image(preprocessed_uri: str | None, client: MlflowClient) -> np.
     """A raw test image of the dataset the model was trained on, found through lineage."""
     if not (preprocessed_uri or "").startswith("runs:/"):
         return None
-    preprocess_run = client.get_run(lineage.parse_runs_uri(preprocessed_uri)[0])
-    dataset_uri = preprocess_run.data.tags.get(lineage.INPUT_URI_TAG)
+    preprocess_run = client.get_run(artifacts.parse_runs_uri(preprocessed_uri)[0])
+    dataset_uri = preprocess_run.data.tags.get(artifacts.INPUT_URI_TAG)
     if not dataset_uri:
         return None
     with tempfile.TemporaryDirectory() as tmp:
@@ -252,8 +251,8 @@ def run_package(
     ):
         mlflow.set_tags(
             {
-                "mlpipe.train_run_id": trained.train_run_id,
-                REGISTERED_MODEL_TAG: f"models:/{name}@{alias}",
+                artifacts.TRAIN_RUN_TAG: trained.train_run_id,
+                artifacts.REGISTERED_MODEL_TAG: f"models:/{name}@{alias}",
             }
         )
         model_arguments = {

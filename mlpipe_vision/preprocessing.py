@@ -13,10 +13,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from mlpipe_vision import datasets, lineage, shards, splits, stats
+from mlpipe_vision import artifacts, datasets, lineage, shards, splits, stats
 
 NORMALIZATION_FILE = "normalization.json"
-PREPROCESSED_SPLITS = ("train", "validation", "test")
 
 
 def make_normalization(mean: list[float] | float, std: list[float] | float, channels: int) -> dict:
@@ -74,7 +73,7 @@ def resolve_normalization(
     if mean is not None:
         return make_normalization(mean, std, channels), "explicit"
     if stats_uri:
-        return normalization_from_stats(stats.read_stats(stats_uri), channels), stats_uri
+        return normalization_from_stats(artifacts.read_stats(stats_uri), channels), stats_uri
     histogram = stats.scan_train_split(dataset_dir, meta, per_class=0)[0]
     computed = stats.stats_of_histogram(histogram)
     return normalization_from_stats({"train_pixels": computed}, channels), "computed"
@@ -197,34 +196,6 @@ def make_splits(
     }
 
 
-def read_preprocessed_meta(preprocessed_dir: Path) -> dict:
-    """Read a `preprocessed/` folder's meta.json and check that it lists every split.
-
-    Raises:
-        ValueError: If meta.json is missing or lists no shards (an older artifact).
-    """
-    try:
-        meta = json.loads((Path(preprocessed_dir) / "meta.json").read_text())
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"{preprocessed_dir} has no readable meta.json ({lineage.first_line(error)}); "
-            "rerun preprocess"
-        ) from error
-    for split in PREPROCESSED_SPLITS:
-        shards.split_shards(meta, split)
-    return meta
-
-
-def load_preprocessed(
-    preprocessed_dir: Path,
-) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
-    """Read a whole `preprocessed/` folder into memory (uint8): for tests and benchmarks."""
-    meta = read_preprocessed_meta(preprocessed_dir)
-    return {
-        split: shards.read_split(preprocessed_dir, meta, split) for split in PREPROCESSED_SPLITS
-    }, meta
-
-
 def run_preprocess(
     data: str,
     mean: float | None = None,
@@ -249,7 +220,7 @@ def run_preprocess(
         The `runs:/<run_id>/preprocessed` URI.
     """
     with (
-        datasets.open_dataset(data) as (dataset_dir, dataset_meta),
+        artifacts.open_dataset(data) as (dataset_dir, dataset_meta),
         tempfile.TemporaryDirectory(prefix="mlpipe_preprocess_") as tmp,
     ):
         normalization, origin = resolve_normalization(dataset_dir, dataset_meta, mean, std, stats)
@@ -268,11 +239,11 @@ def run_preprocess(
         with lineage.start_stage_run("preprocess", input_uri=data, name=name) as run:
             mlflow.log_artifacts(str(preprocessed_dir), "preprocessed")
             mlflow.log_dict(normalization, NORMALIZATION_FILE)
-            mlflow.set_tag("mlpipe.normalization_from", origin)
+            mlflow.set_tag(artifacts.NORMALIZATION_FROM_TAG, origin)
             mlflow.log_metrics(
                 {f"{split}_examples": count for split, count in meta["counts"].items()}
             )
-            preprocessed_uri = lineage.artifact_uri(run.info.run_id, "preprocessed")
+            preprocessed_uri = artifacts.artifact_uri(run.info.run_id, "preprocessed")
     counts = ", ".join(f"{count} {split}" for split, count in meta["counts"].items())
     print(f"\n{counts}; normalization mean {normalization['mean']}, std {normalization['std']}")
     print(f"preprocessed URI: {preprocessed_uri}")

@@ -10,43 +10,19 @@ request limits (`mlpipe_vision.serving.RequestLimits`) are read from the server'
 environment when the model loads.
 """
 
-import contextlib
 import json
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
-from mlpipe_vision import serving
+from mlpipe_vision import console, serving
 from mlpipe_vision.images import normalize
 
-
-@contextlib.contextmanager
-def without_type_hint_advice() -> Iterator[None]:
-    """Drop MLflow's advice to add type hints to `predict`, given when the class is defined.
-
-    predict accepts several request layouts and checks them itself, against the signature
-    `package` gives; a type hint would make MLflow validate one layout only. MLflow gives
-    the advice under a warnings filter of its own, so no filter of ours can drop it; every
-    other warning still shows.
-    """
-    show = warnings.showwarning
-
-    def show_others(message, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
-        if "Add type hints to the `predict` method" not in str(message):
-            show(message, *args, **kwargs)
-
-    warnings.showwarning = show_others
-    try:
-        yield
-    finally:
-        warnings.showwarning = show
-
-
-with without_type_hint_advice():
+# predict accepts several request layouts and checks them itself, against the signature
+# `package` gives; a type hint would make MLflow validate one layout only.
+with console.without_warning("Add type hints to the `predict` method"):
 
     class ImageClassifier(PythonModel):
         """Raw pixels or encoded images in; class id, class name and probabilities out."""

@@ -14,7 +14,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from mlpipe_vision import datasets, lineage, shards  # noqa: E402
+from mlpipe_vision import artifacts, lineage, shards  # noqa: E402
 
 STATS_FILE = "stats.json"
 
@@ -194,7 +194,7 @@ def run_explore(data: str) -> dict:
     Returns:
         The statistics.
     """
-    with datasets.open_dataset(data) as (dataset_dir, meta):
+    with artifacts.open_dataset(data) as (dataset_dir, meta):
         histogram, sample_images, sample_labels = scan_train_split(dataset_dir, meta)
         stats = compute_stats(dataset_dir, meta, histogram)
     name = f"explore_data {meta['dataset']}"
@@ -210,19 +210,8 @@ def run_explore(data: str) -> dict:
         for artifact_file, figure in figures.items():
             mlflow.log_figure(figure, artifact_file)
             plt.close(figure)
-        stats_uri = lineage.artifact_uri(run.info.run_id, STATS_FILE)
+        stats_uri = artifacts.artifact_uri(run.info.run_id, STATS_FILE)
     print(f"\ntrain pixels: mean {pixels['mean']:.4f}, std {pixels['std']:.4f}")
     print(f"stats URI: {stats_uri}")
     lineage.print_next("preprocess", data=data, stats=stats_uri)
     return stats
-
-
-def read_stats(stats_uri: str) -> dict:
-    """Read a stats.json artifact by URI (or local path)."""
-    try:
-        return lineage.read_json_artifact(stats_uri)
-    except Exception as error:
-        raise ValueError(
-            f"could not read stats from {stats_uri!r} ({lineage.first_line(error)}); "
-            "expected runs:/<explore_data_run_id>/stats.json"
-        ) from error

@@ -45,26 +45,17 @@ from mlflow.utils.mlflow_tags import (  # noqa: E402
     MLFLOW_USER,
 )
 
-from mlpipe_vision import VERBOSE, lineage, train_parameters, training  # noqa: E402
+from mlpipe_vision import artifacts, console, lineage, train_parameters  # noqa: E402
 from mlpipe_vision.cli import str_to_bool  # noqa: E402
 
-if not VERBOSE:
-    # Optuna logs every trial at INFO; the sweep prints its own line per trial.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Known and expected: the heartbeat API is marked experimental, and `Heartbeat` beats for
-    # trials run outside Study.optimize, which Optuna warns about.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+console.quiet_optuna()
 
 SAMPLERS = ("auto", "grid", "tpe")
 DIRECTIONS = ("auto", "maximize", "minimize")
-BEST_MODEL_TAG = "mlpipe.best_model_uri"
-BEST_PARAMETER_TAG_PREFIX = "mlpipe.best."
 RUN_ID_ATTRIBUTE = "mlflow_run_id"
 FAILURE_ATTRIBUTE = "failure"
 WORKER_ATTRIBUTE = "worker"
 PARENT_RUN_ATTRIBUTE = "mlflow_parent_run_id"
-WORKER_TAG = "mlpipe.sweep_worker_of"
 WORKER_RUN_ATTRIBUTE = "worker_run_id"
 # A trial without a heartbeat for GRACE_SECONDS is taken as dead (its machine crashed or
 # was killed) and queued again; workers beat six times per grace period.
@@ -168,7 +159,7 @@ def convert_value(name: str, text: str, kind: type) -> object:
         raise ValueError(f"{name}: {error}") from None
     except ValueError as error:
         raise ValueError(
-            f"{name}: {text!r} is not a valid {kind.__name__} ({lineage.first_line(error)})"
+            f"{name}: {text!r} is not a valid {kind.__name__} ({console.first_line(error)})"
         ) from None
 
 
@@ -767,11 +758,14 @@ def log_summary(
     best = study.best_trial
     best_run_id = best.user_attrs[RUN_ID_ATTRIBUTE]
     client.log_metric(parent_run_id, f"best_{metric}", best.value)
-    tags = {f"{BEST_PARAMETER_TAG_PREFIX}{name}": str(value) for name, value in best.params.items()}
+    tags = {
+        f"{artifacts.BEST_PARAMETER_TAG_PREFIX}{name}": str(value)
+        for name, value in best.params.items()
+    }
     tags |= {
-        lineage.BEST_RUN_TAG: best_run_id,
-        BEST_MODEL_TAG: lineage.artifact_uri(best_run_id, training.MODEL_ARTIFACT),
-        "mlpipe.best_trial_number": str(best.number),
+        artifacts.BEST_RUN_TAG: best_run_id,
+        artifacts.BEST_MODEL_TAG: artifacts.artifact_uri(best_run_id, artifacts.MODEL),
+        artifacts.BEST_TRIAL_TAG: str(best.number),
     }
     for name, value in tags.items():
         client.set_tag(parent_run_id, name, value)
@@ -832,7 +826,7 @@ def run_sweep(
     if n_trials < 0 or workers < 1:
         raise ValueError(f"n_trials must be >= 0 and workers >= 1, got {n_trials}, {workers}")
     # A URI without preprocessed data fails here, before the study is opened.
-    with training.open_preprocessed(data) as (_, meta):
+    with artifacts.open_preprocessed(data) as (_, meta):
         dataset = meta.get("dataset", "")
     study_name = study_name or default_study_name(data, search_space, sampler, metric, direction)
     study_storage = study_storage or default_study_storage(study_name)
@@ -858,14 +852,16 @@ def run_sweep(
         )
         if parent_run_id != own_run.info.run_id:
             # A joining worker's own run shows under the sweep, beside the trials.
-            mlflow.set_tags({MLFLOW_PARENT_RUN_ID: parent_run_id, WORKER_TAG: parent_run_id})
+            mlflow.set_tags(
+                {MLFLOW_PARENT_RUN_ID: parent_run_id, artifacts.SWEEP_WORKER_TAG: parent_run_id}
+            )
         # `mlflow run` logged the parameters as given ("auto", ""); these are what they became.
         mlflow.set_tags(
             {
-                "mlpipe.sampler": sampler,
-                "mlpipe.direction": direction,
-                "mlpipe.study_name": study_name,
-                "mlpipe.study_storage": study_storage,
+                artifacts.SAMPLER_TAG: sampler,
+                artifacts.DIRECTION_TAG: direction,
+                artifacts.STUDY_NAME_TAG: study_name,
+                artifacts.STUDY_STORAGE_TAG: study_storage,
             }
         )
         lineage.log_new_params(
@@ -880,11 +876,11 @@ def run_sweep(
         if parent_run_id != own_run.info.run_id:
             close_orphaned_parent(study, parent_run_id, client)
     best_run_id = best.user_attrs[RUN_ID_ATTRIBUTE]
-    best_model_uri = lineage.artifact_uri(best_run_id, training.MODEL_ARTIFACT)
+    best_model_uri = artifacts.artifact_uri(best_run_id, artifacts.MODEL)
     shown = format_params(best.params)
     print(f"\nbest trial {best.number} of the study: {metric} {best.value:.4f} with {shown}")
     print(f"best run ID: {best_run_id}")
-    print(f"sweep run ID: {parent_run_id} (tagged {lineage.BEST_RUN_TAG}={best_run_id})")
+    print(f"sweep run ID: {parent_run_id} (tagged {artifacts.BEST_RUN_TAG}={best_run_id})")
     print(f"best model URI: {best_model_uri}")
     lineage.print_next("package", model=best_model_uri)
     return best_model_uri
@@ -913,9 +909,9 @@ def start_child_run(
             **source_tags,
             MLFLOW_PARENT_RUN_ID: parent.run_id,
             MLFLOW_RUN_NAME: name,
-            lineage.TRIAL_NUMBER_TAG: str(trial.number),
-            lineage.STAGE_TAG: "train",
-            lineage.INPUT_URI_TAG: arguments["data"],
+            artifacts.TRIAL_NUMBER_TAG: str(trial.number),
+            artifacts.STAGE_TAG: "train",
+            artifacts.INPUT_URI_TAG: arguments["data"],
         },
     )
     parameters = [Param(name, str(value)) for name, value in arguments.items()]

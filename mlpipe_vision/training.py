@@ -9,9 +9,7 @@ import dataclasses
 import math
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
@@ -26,20 +24,17 @@ from mlflow.models import infer_signature  # noqa: E402
 from mlflow.models.model import ModelInfo  # noqa: E402
 
 from mlpipe_vision import (  # noqa: E402
-    VERBOSE,
+    artifacts,
+    console,
     environment,
     lineage,
     models,
-    preprocessing,
     shards,
     train_parameters,
 )
 from mlpipe_vision.images import normalize  # noqa: E402
 from mlpipe_vision.train_parameters import TrainParameters  # noqa: E402
 
-MODEL_ARTIFACT = "model"
-REQUIRED_FILE = "meta.json"
-PRODUCED_BY = "runs:/<preprocess_run_id>/preprocessed from a preprocess run"
 # Fine-tuning VGG16's top block at the full rate would wreck its pretrained filters.
 FINE_TUNE_RATE_FACTOR = 0.1
 POSITIVE_CLASS = 1
@@ -463,7 +458,7 @@ class _KerasFlavorWithFolder:
 
 
 def log_keras_model(model: keras.Model, example_images: np.ndarray) -> ModelInfo:
-    """Log the model at MODEL_ARTIFACT with a tensor signature and an input example.
+    """Log the model at artifacts.MODEL with a tensor signature and an input example.
 
     Args:
         model: The trained model.
@@ -479,7 +474,7 @@ def log_keras_model(model: keras.Model, example_images: np.ndarray) -> ModelInfo
     requirements = environment.pinned_requirements(environment.KERAS_MODEL_DISTRIBUTIONS)
     return mlflow.models.Model.log(
         artifact_path=None,
-        name=MODEL_ARTIFACT,
+        name=artifacts.MODEL,
         flavor=_KerasFlavorWithFolder,
         flavor_name="mlflow.keras",
         model=model,
@@ -589,26 +584,6 @@ def small_data_warning(labels: np.ndarray, class_names: list[str]) -> str | None
     )
 
 
-@contextlib.contextmanager
-def open_preprocessed(data: str) -> Iterator[tuple[Path, dict]]:
-    """Make a `preprocessed/` URI (or folder) available on disk: yields (folder, meta).
-
-    A downloaded copy lives in a temporary folder until the `with` block ends.
-
-    Raises:
-        ValueError: If the URI does not hold a preprocessed artifact.
-    """
-    with tempfile.TemporaryDirectory(prefix="mlpipe_preprocessed_") as download_dir:
-        preprocessed_dir = lineage.resolve_artifact_dir(
-            data, REQUIRED_FILE, PRODUCED_BY, dst_path=download_dir
-        )
-        try:
-            meta = preprocessing.read_preprocessed_meta(preprocessed_dir)
-        except ValueError as error:
-            raise ValueError(f"{data!r}: {error}; expected {PRODUCED_BY}") from error
-        yield preprocessed_dir, meta
-
-
 @dataclasses.dataclass
 class Prepared:
     """What the train stage sets up before its run starts: data, devices and the network."""
@@ -696,15 +671,15 @@ def log_setup(prepared: Prepared, parameters: TrainParameters, summary: str) -> 
     )
     mlflow.set_tags(
         {
-            "mlpipe.device": prepared.device,
-            "mlpipe.dtype_policy": keras.mixed_precision.global_policy().name,
-            "mlpipe.dataset": meta.get("dataset", ""),
+            artifacts.DEVICE_TAG: prepared.device,
+            artifacts.DTYPE_POLICY_TAG: keras.mixed_precision.global_policy().name,
+            artifacts.DATASET_TAG: meta.get("dataset", ""),
         }
     )
     if len(prepared.class_names) == 2:
-        mlflow.set_tag("mlpipe.positive_class", prepared.class_names[POSITIVE_CLASS])
+        mlflow.set_tag(artifacts.POSITIVE_CLASS_TAG, prepared.class_names[POSITIVE_CLASS])
     if prepared.warning:
-        mlflow.set_tag("mlpipe.warning", prepared.warning)
+        mlflow.set_tag(artifacts.WARNING_TAG, prepared.warning)
     mlflow.log_text(summary, "model_summary.txt")
 
 
@@ -739,7 +714,7 @@ def fit(prepared: Prepared, parameters: TrainParameters) -> tuple[dict[str, list
         )
         history = {name: history[name] + tuned[name] for name in history}
     mlflow.log_metric("best_epoch", best_epoch)
-    mlflow.set_tag("mlpipe.training_steps", len(history["loss"]) * prepared.steps_per_epoch)
+    mlflow.set_tag(artifacts.TRAINING_STEPS_TAG, len(history["loss"]) * prepared.steps_per_epoch)
     log_figure(plot_learning_curves(history, fine_tune_start), "plots/learning_curves.png")
     return history, best_epoch
 
@@ -779,11 +754,11 @@ def run_train(data: str, parameters: TrainParameters | None = None) -> str:
     parameters = parameters or TrainParameters()
     parameters.check()
     # The preprocessed shards stay on disk (downloaded if remote) while training streams them.
-    with open_preprocessed(data) as (preprocessed_dir, meta):
+    with artifacts.open_preprocessed(data) as (preprocessed_dir, meta):
         prepared = prepare(preprocessed_dir, meta, parameters)
         model = prepared.model
         summary = model_summary(model)
-        if VERBOSE:
+        if console.VERBOSE:
             print(summary)
         else:  # the table is the run's model_summary.txt
             print(f"network {model.name}: {model.count_params():,} parameters")
@@ -794,7 +769,7 @@ def run_train(data: str, parameters: TrainParameters | None = None) -> str:
             history, _ = fit(prepared, parameters)
             test_metrics = log_results(prepared)
             run_id = run.info.run_id
-    model_uri = lineage.artifact_uri(run_id, MODEL_ARTIFACT)
+    model_uri = artifacts.artifact_uri(run_id, artifacts.MODEL)
     seconds = time.perf_counter() - started
     shown = ", ".join(f"test {name} {value:.4f}" for name, value in test_metrics.items())
     epochs_run = len(history["loss"])

@@ -19,8 +19,8 @@ from mlflow.exceptions import ExecutionException, MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PROJECT_ENTRY_POINT
 
-from mlpipe_vision import lineage, packaging, serving
-from mlpipe_vision.cli import ERROR_TAG, StageFailedError
+from mlpipe_vision import artifacts, console, lineage, serving
+from mlpipe_vision.cli import StageFailedError
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -85,9 +85,9 @@ def stage_error(client: MlflowClient, failure: str) -> str:
     match = re.search(r"Run \(ID '([0-9a-f]+)'\)", failure)
     if match:
         tags = client.get_run(match.group(1)).data.tags
-        if ERROR_TAG in tags:
-            return f"{tags[ERROR_TAG]} (run {match.group(1)})"
-    return lineage.first_line(ValueError(failure))
+        if artifacts.ERROR_TAG in tags:
+            return f"{tags[artifacts.ERROR_TAG]} (run {match.group(1)})"
+    return console.first_line(ValueError(failure))
 
 
 def run_stage(
@@ -112,7 +112,7 @@ def run_stage(
         finished = find_finished_run(client, experiment_id, entry_point, full_parameters, commit)
         if finished:
             print(f"[{entry_point}] reusing finished run {finished.info.run_id}", flush=True)
-            mlflow.set_tag(f"mlpipe.run.{entry_point}", finished.info.run_id)
+            mlflow.set_tag(artifacts.stage_run_tag(entry_point), finished.info.run_id)
             return finished.info.run_id
     print(f"[{entry_point}] running with {given}", flush=True)
     try:
@@ -129,7 +129,7 @@ def run_stage(
             f"stage {entry_point} failed: {stage_error(client, str(error))}; fix the cause "
             "and run main again: finished stages are reused"
         ) from error
-    mlflow.set_tag(f"mlpipe.run.{entry_point}", submitted.run_id)
+    mlflow.set_tag(artifacts.stage_run_tag(entry_point), submitted.run_id)
     return submitted.run_id
 
 
@@ -192,23 +192,23 @@ def run_main(
             return run_stage(entry_point, parameters, force, experiment_id, commit)
 
         get_data_id = stage("get_data", dataset=dataset, source=source, verify=str(verify).lower())
-        data_uri = lineage.artifact_uri(get_data_id, "dataset")
+        data_uri = artifacts.artifact_uri(get_data_id, "dataset")
         explore_id = stage("explore_data", data=data_uri)
-        stats_uri = lineage.artifact_uri(explore_id, "stats.json")
+        stats_uri = artifacts.artifact_uri(explore_id, "stats.json")
         preprocess_id = stage("preprocess", data=data_uri, stats=stats_uri, percentage=percentage)
-        preprocessed_uri = lineage.artifact_uri(preprocess_id, "preprocessed")
+        preprocessed_uri = artifacts.artifact_uri(preprocess_id, "preprocessed")
         if sweep_parameters:
             # The sweep's own values win, so a sweep may vary epochs too.
             sweep_id = stage(
                 "train_batch", data=preprocessed_uri, **{"epochs": epochs, **sweep_parameters}
             )
-            model_uri = lineage.artifact_uri(sweep_id, "")
+            model_uri = artifacts.artifact_uri(sweep_id, "")
         else:
             train_id = stage("train", data=preprocessed_uri, epochs=epochs)
-            model_uri = lineage.artifact_uri(train_id, "model")
+            model_uri = artifacts.artifact_uri(train_id, "model")
         package_id = stage("package", model=model_uri, registered_model_name=registered_model_name)
         package_tags = MlflowClient().get_run(package_id).data.tags
-        registered_uri = package_tags[packaging.REGISTERED_MODEL_TAG]
+        registered_uri = package_tags[artifacts.REGISTERED_MODEL_TAG]
     print(f"\nall stages done; the model is {registered_uri}")
     tracking_uri = mlflow.get_tracking_uri()
     if tracking_uri.startswith(("http://", "https://")):

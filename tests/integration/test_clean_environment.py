@@ -20,7 +20,7 @@ import pytest
 import requests
 import yaml
 
-from mlpipe_vision import datasets, environment, preprocessing
+from mlpipe_vision import artifacts, datasets, environment
 from mlpipe_vision.images import normalize
 from tests.conftest import png_bomb, served_model
 
@@ -154,7 +154,7 @@ def test_keras_flavor_model_serves_in_an_environment_built_from_its_own_files(
     keras_model_uri = f"runs:/{packaged['train_run_id']}/model"
     model_dir = Path(mlflow.artifacts.download_artifacts(keras_model_uri, dst_path=tmp_path))
     preprocessed = Path(mlflow.artifacts.download_artifacts(packaged["preprocessed_uri"]))
-    split_arrays, meta = preprocessing.load_preprocessed(preprocessed)
+    split_arrays, meta = artifacts.load_preprocessed(preprocessed)
     images = normalize(split_arrays["test"][0][:4], meta["normalization"])
     expected = mlflow.keras.load_model(keras_model_uri).predict_on_batch(images)
     env_root = tmp_path / "envs"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mlflow.artifacts import download_artifacts
 
-from mlpipe_vision import datasets, preprocessing, shards, stats
+from mlpipe_vision import artifacts, datasets, shards, stats
 from tests.conftest import FASHION_MNIST_DIR, mlflow_run
 from tests.unit.test_datasets import make_image_folder
 
@@ -66,7 +66,7 @@ def test_chain_on_a_synthetic_idx_mirror(tracking, use_tracking, idx_mirror_dir)
         f"runs:/{get_data_run.info.run_id}/dataset"
     )
     preprocessed_dir = download_artifacts(f"runs:/{preprocess_run.info.run_id}/preprocessed")
-    split_arrays, meta = preprocessing.load_preprocessed(Path(preprocessed_dir))
+    split_arrays, meta = artifacts.load_preprocessed(Path(preprocessed_dir))
     assert len(split_arrays["validation"][1]) == 60
     assert len(split_arrays["test"][1]) == 100
     assert meta["counts"] == {"train": 240, "validation": 60, "test": 100}

@@ -15,7 +15,7 @@ import requests
 import yaml
 
 from bench.memory import process_tree_peak_memory
-from mlpipe_vision import datasets, preprocessing
+from mlpipe_vision import artifacts, datasets
 from mlpipe_vision.images import normalize
 from tests.conftest import PACKAGED_MODEL_NAME, REPO_DIR, mlflow_run, png_bomb, served_model
 
@@ -55,7 +55,7 @@ def raw_test_images(use_tracking, packaged) -> tuple[np.ndarray, np.ndarray]:
 
 def normalized_test_images(preprocessed_dir: Path) -> np.ndarray:
     """The test split of a `preprocessed/` folder as training feeds it to the network."""
-    split_arrays, meta = preprocessing.load_preprocessed(preprocessed_dir)
+    split_arrays, meta = artifacts.load_preprocessed(preprocessed_dir)
     return normalize(split_arrays["test"][0], meta["normalization"])
 
 

@@ -6,7 +6,7 @@ import subprocess
 import optuna
 import pytest
 
-from mlpipe_vision import lineage, sweeps
+from mlpipe_vision import artifacts, sweeps
 from tests.conftest import mlflow_run
 from tests.integration.test_train import gray_images, write_preprocessed
 
@@ -57,12 +57,12 @@ def test_grid_sweep_runs_each_point_as_a_child_and_survives_a_failed_trial(
     best = max(finished, key=lambda child: child.data.metrics["val_accuracy"])
 
     assert parent.data.tags["mlpipe.stage"] == "train_batch"
-    assert parent.data.tags[lineage.BEST_RUN_TAG] == best.info.run_id
-    assert parent.data.tags[sweeps.BEST_MODEL_TAG] == f"runs:/{best.info.run_id}/model"
+    assert parent.data.tags[artifacts.BEST_RUN_TAG] == best.info.run_id
+    assert parent.data.tags[artifacts.BEST_MODEL_TAG] == f"runs:/{best.info.run_id}/model"
     assert parent.data.tags["mlpipe.best.conv_filters"] == best.data.params["conv_filters"]
     assert parent.data.metrics["best_val_accuracy"] == best.data.metrics["val_accuracy"]
-    artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "plots")}
-    assert artifacts == {"plots/objective_by_parameter.png"}
+    plots = {item.path for item in client.list_artifacts(parent.info.run_id, "plots")}
+    assert plots == {"plots/objective_by_parameter.png"}
     assert "trial 1 (conv_filters=0) FAILED" in result["output"]
     assert "error: conv_filters must be at least 1, got 0" in result["output"]
     assert (
@@ -118,6 +118,6 @@ def test_a_killed_sweep_started_again_reruns_only_its_interrupted_trial(
     ]
     assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     worker_run = tracking["client"].get_run(second["run_id"])
-    assert worker_run.data.tags[sweeps.WORKER_TAG] == first["run_id"]
-    best_run_id = tracking["client"].get_run(first["run_id"]).data.tags[lineage.BEST_RUN_TAG]
+    assert worker_run.data.tags[artifacts.SWEEP_WORKER_TAG] == first["run_id"]
+    best_run_id = tracking["client"].get_run(first["run_id"]).data.tags[artifacts.BEST_RUN_TAG]
     assert best_run_id in {child.info.run_id for child in children}

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 import team_stack
-from mlpipe_vision import lineage, sweeps
+from mlpipe_vision import artifacts, sweeps
 from tests.conftest import FASHION_MNIST_DIR, REPO_DIR, free_port, mlflow_run, mlflow_run_command
 from tests.integration.test_train import gray_images, write_preprocessed
 
@@ -268,7 +268,7 @@ def test_one_grid_sweep_over_two_workers_survives_a_killed_worker(stack, team_cl
         assert team_client.get_run(killed_worker_run).info.status == "KILLED"
     parent = team_client.get_run(parent_id)
     assert (
-        parent.data.tags[lineage.BEST_RUN_TAG]
+        parent.data.tags[artifacts.BEST_RUN_TAG]
         == (max(completed, key=lambda trial: trial.value).user_attrs[sweeps.RUN_ID_ATTRIBUTE])
     )
 

@@ -11,7 +11,7 @@ from mlpipe_vision import environment
 
 PACKAGE_DIR = Path(environment.__file__).parent
 # The modules the packaged model runs: its code, and what that code imports from the package.
-SERVED_MODULES = ("pyfunc_model", "serving", "images")
+SERVED_MODULES = ("pyfunc_model", "serving", "images", "console")
 
 
 def imported_names(module: str) -> set[str]:

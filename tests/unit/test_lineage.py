@@ -3,7 +3,7 @@
 import mlflow
 import pytest
 
-from mlpipe_vision import lineage
+from mlpipe_vision import artifacts, lineage
 
 
 def test_an_artifact_in_a_local_store_is_read_in_place_not_copied(use_tracking, tmp_path):
@@ -14,7 +14,7 @@ def test_an_artifact_in_a_local_store_is_read_in_place_not_copied(use_tracking, 
         mlflow.log_artifacts(str(made), "dataset")
     copies = tmp_path / "copies"
     copies.mkdir()
-    resolved = lineage.resolve_artifact_dir(
+    resolved = artifacts.resolve_artifact_dir(
         f"runs:/{run.info.run_id}/dataset", "meta.json", "a dataset", dst_path=str(copies)
     )
     assert resolved.is_relative_to(use_tracking["root"] / "artifacts")
@@ -24,7 +24,7 @@ def test_an_artifact_in_a_local_store_is_read_in_place_not_copied(use_tracking, 
 
 def test_an_unknown_run_is_refused_with_what_was_expected(use_tracking):
     with pytest.raises(ValueError, match="expected runs:/<get_data_run_id>/dataset"):
-        lineage.resolve_artifact_dir(
+        artifacts.resolve_artifact_dir(
             "runs:/0123456789abcdef0123456789abcdef/dataset",
             "meta.json",
             "runs:/<get_data_run_id>/dataset",
@@ -41,7 +41,7 @@ def test_a_stage_run_is_named_for_what_it_is_and_a_trial_keeps_its_name(use_trac
     trial = use_tracking["client"].create_run(
         use_tracking["experiment_id"],
         run_name="trial 3: conv_filters=16",
-        tags={lineage.TRIAL_NUMBER_TAG: "3"},
+        tags={artifacts.TRIAL_NUMBER_TAG: "3"},
     )
     monkeypatch.setenv("MLFLOW_RUN_ID", trial.info.run_id)
     with lineage.start_stage_run("train", name="train mnist: cnn_1x16, 1 epoch"):

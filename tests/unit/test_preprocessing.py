@@ -3,7 +3,7 @@ import functools
 import numpy as np
 import pytest
 
-from mlpipe_vision import datasets, preprocessing, shards
+from mlpipe_vision import artifacts, datasets, preprocessing, shards
 from mlpipe_vision.images import normalize
 
 
@@ -73,7 +73,7 @@ def test_streamed_splits_equal_the_in_memory_ones(tmp_path, monkeypatch):
     written = preprocessing.write_splits(
         tmp_path / "dataset", meta, chosen, normalization, tmp_path / "pre"
     )
-    loaded, _ = preprocessing.load_preprocessed(tmp_path / "pre")
+    loaded, _ = artifacts.load_preprocessed(tmp_path / "pre")
     expected = preprocessing.make_splits(stored, 0.2, 50, 3)
     for split in ("train", "validation", "test"):
         np.testing.assert_array_equal(loaded[split][0], expected[split][0])
@@ -108,7 +108,7 @@ def test_save_and_load_preprocessed(tmp_path):
     normalization = preprocessing.make_normalization(100.0, 50.0, 3)
     split_arrays = preprocessing.make_splits(dataset, 0.2, 100, 0)
     preprocessing.save_preprocessed(split_arrays, normalization, dataset, tmp_path / "pre")
-    loaded, meta = preprocessing.load_preprocessed(tmp_path / "pre")
+    loaded, meta = artifacts.load_preprocessed(tmp_path / "pre")
     assert meta["image_shape"] == [8, 8, 3]
     assert meta["normalization"] == normalization
     np.testing.assert_array_equal(loaded["test"][0], split_arrays["test"][0])
