@@ -2,8 +2,9 @@
 
 Reads:  data, the `dataset/` URI of a get_data run; the normalization from explicit
         mean/std, or a stats.json URI of an explore_data run, or computed from train.
-Logs:   preprocessed/ (train, validation, test as normalized float32 .npy, meta.json),
-        normalization.json; tags the run with the input URI.
+Logs:   preprocessed/ (train, validation, test as uint8 shards, and meta.json with the
+        normalization that train and the packaged model apply), normalization.json; tags the
+        run with the input URI.
 Next:   mlflow run . -e train -P data=runs:/<this run>/preprocessed --env-manager local
 
     python preprocess.py --data runs:/<get_data_run_id>/dataset --percentage 10

@@ -22,7 +22,6 @@ Usage:
 
 import argparse
 import contextlib
-import inspect
 import io
 import json
 import os
@@ -36,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import mlflow  # noqa: E402
 
 from mlpipe_vision import artifacts, datasets, models, preprocessing, stats, training  # noqa: E402
+from mlpipe_vision.train_parameters import TrainParameters  # noqa: E402
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT_PATH = REPO_DIR / "bench" / "results" / "learning_curve.json"
@@ -43,7 +43,7 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 SIZES = (1.0, 5.0, 20.0, 100.0)
 TARGET_AT_5_PERCENT = 0.80
 SEED = 42
-DEFAULT_EPOCHS = inspect.signature(training.run_train).parameters["epochs"].default
+DEFAULT_EPOCHS = TrainParameters().epochs
 
 
 def write_preprocessed(dataset: datasets.Dataset, percentage: float, work_dir: Path) -> Path:
@@ -62,7 +62,7 @@ def run_stage(preprocessed_dir: Path, epochs: int) -> dict:
     """The train stage with its defaults; its logged test accuracy and last-epoch metrics."""
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        model_uri = training.run_train(str(preprocessed_dir), epochs=epochs)
+        model_uri = training.run_train(str(preprocessed_dir), TrainParameters(epochs=epochs))
     run = mlflow.MlflowClient().get_run(artifacts.parse_runs_uri(model_uri)[0])
     metrics = run.data.metrics
     return {

@@ -216,24 +216,27 @@ def build_product(percentage: float) -> dict[str, str]:
         The data URI, the train run's Keras model URI and the packaged model URI.
     """
     from mlpipe_vision import datasets, packaging, preprocessing, training
+    from mlpipe_vision.train_parameters import TrainParameters
 
     data_uri = datasets.run_get_data("fashion_mnist")
     preprocessed_uri = preprocessing.run_preprocess(data_uri, percentage=percentage)
     keras_model_uri = training.run_train(
         preprocessed_uri,
-        convolutions=3,
-        conv_filters=32,
-        dense_units=128,
-        dropout_rate=0.3,
-        epochs=1,
-        batch_size=64,
-        learning_rate=0.001,
-        optimizer="adam",
-        augment=False,
-        early_stopping_patience=0,
-        seed=42,
-        weights="none",
-        fine_tune_epochs=0,
+        TrainParameters(
+            convolutions=3,
+            conv_filters=32,
+            dense_units=128,
+            dropout_rate=0.3,
+            epochs=1,
+            batch_size=64,
+            learning_rate=0.001,
+            optimizer="adam",
+            augment=False,
+            early_stopping_patience=0,
+            seed=42,
+            weights="none",
+            fine_tune_epochs=0,
+        ),
     )
     product_uri = packaging.run_package(
         keras_model_uri, registered_model_name=REGISTERED_MODEL_NAME

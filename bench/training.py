@@ -23,7 +23,6 @@ Usage:
 
 import argparse
 import contextlib
-import inspect
 import io
 import json
 import os
@@ -44,6 +43,7 @@ import numpy as np  # noqa: E402
 
 from mlpipe_vision import artifacts, datasets, models, preprocessing, stats, training  # noqa: E402
 from mlpipe_vision.images import normalize  # noqa: E402
+from mlpipe_vision.train_parameters import TrainParameters  # noqa: E402
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT_PATH = REPO_DIR / "bench" / "results" / "training.json"
@@ -52,13 +52,9 @@ TARGET_OVERHEAD = 1.05
 TARGET_DEFAULT_ACCURACY = 0.925
 TARGET_SWEEP_ACCURACY = 0.935
 DEMO_EPOCHS = 10
-# Both sides train the train stage's default network: read from run_train itself, so a
-# change of defaults cannot make the two sides train different networks.
-DEFAULTS = {
-    name: parameter.default
-    for name, parameter in inspect.signature(training.run_train).parameters.items()
-    if parameter.default is not inspect.Parameter.empty
-}
+# Both sides train the train stage's default network: read from its schema, so a change of
+# defaults cannot make the two sides train different networks.
+DEFAULTS = TrainParameters().as_dict()
 
 
 def build_preprocessed(work_dir: Path, percentage: float) -> Path:
@@ -93,9 +89,8 @@ def time_stage(preprocessed_dir: Path, epochs: int) -> tuple[float, list[float]]
     """Wall time of the train stage, everything it logs included, and its epoch times."""
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        model_uri = training.run_train(
-            str(preprocessed_dir), epochs=epochs, early_stopping_patience=0
-        )
+        parameters = TrainParameters(epochs=epochs, early_stopping_patience=0)
+        model_uri = training.run_train(str(preprocessed_dir), parameters)
     seconds = time.perf_counter() - started
     run_id, _ = artifacts.parse_runs_uri(model_uri)
     history = mlflow.MlflowClient().get_metric_history(run_id, "epoch_seconds")
