@@ -35,7 +35,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import mlflow  # noqa: E402
 
-from mlpipe_vision import datasets, lineage, models, preprocessing, stats, training  # noqa: E402
+from mlpipe_vision import (  # noqa: E402
+    datasets,
+    idx_files,
+    lineage,
+    models,
+    preprocessing,
+    stats,
+    training,
+)
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT_PATH = REPO_DIR / "bench" / "results" / "learning_curve.json"
@@ -152,7 +160,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Train both sides at every size, print the table, write the JSON."""
     arguments = parse_arguments(argv)
-    dataset = datasets.load_idx_dataset("fashion_mnist", source=FASHION_MNIST_DIR)
+    dataset = idx_files.load_idx_dataset("fashion_mnist", source=FASHION_MNIST_DIR)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_learning_curve_") as tmp:
         work_dir = Path(tmp)

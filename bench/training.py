@@ -42,7 +42,7 @@ import keras  # noqa: E402
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mlpipe_vision import datasets, lineage, models, preprocessing, stats, training  # noqa: E402
+from mlpipe_vision import idx_files, lineage, models, preprocessing, stats, training  # noqa: E402
 from mlpipe_vision.images import normalize  # noqa: E402
 
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ DEFAULTS = {
 
 def build_preprocessed(work_dir: Path, percentage: float) -> Path:
     """Write a `preprocessed/` folder of Fashion-MNIST as the preprocess stage would."""
-    dataset = datasets.load_idx_dataset("fashion_mnist", source=FASHION_MNIST_DIR)
+    dataset = idx_files.load_idx_dataset("fashion_mnist", source=FASHION_MNIST_DIR)
     normalization = preprocessing.normalization_from_stats(
         {"train_pixels": stats.pixel_stats(dataset.train_images)}, 1
     )

@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from mlpipe_vision import datasets, models
+from mlpipe_vision import idx_files, models
 from tests.conftest import FASHION_MNIST_DIR, mlflow_run
 
 pytestmark = [
@@ -34,7 +34,7 @@ TOLERANCE = 0.03
 
 
 def read_idx(path: Path) -> np.ndarray:
-    return datasets.parse_idx(gzip.decompress(path.read_bytes()), path.name)
+    return idx_files.parse_idx(gzip.decompress(path.read_bytes()), path.name)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def image_folder(tmp_path_factory) -> Path:
     images = read_idx(FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz")
     labels = read_idx(FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz")
     folder = tmp_path_factory.mktemp("fashion_folders")
-    for label, class_name in enumerate(datasets.IDX_DATASETS["fashion_mnist"].class_names):
+    for label, class_name in enumerate(idx_files.IDX_DATASETS["fashion_mnist"].class_names):
         class_dir = folder / class_name.replace("/", "-")
         class_dir.mkdir()
         for index in np.flatnonzero(labels == label)[:IMAGES_PER_CLASS]:
