@@ -14,7 +14,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from mlpipe_vision import idx_files, models
+from bench.keras_example import fit_keras_example
+from mlpipe_vision import idx_files
 from tests.conftest import FASHION_MNIST_DIR, mlflow_run
 
 pytestmark = [
@@ -64,7 +65,7 @@ def small_run(tracking, image_folder) -> dict:
 def baseline_test_accuracy(preprocessed_uri: str) -> float:
     """The Keras example CNN, trained on the stage's own arrays for the same epochs."""
     preprocessed_dir = Path(mlflow.artifacts.download_artifacts(preprocessed_uri))
-    return models.fit_keras_example(preprocessed_dir, EPOCHS)["test_accuracy"]
+    return fit_keras_example(preprocessed_dir, EPOCHS)["test_accuracy"]
 
 
 def test_a_few_thousand_images_train_as_well_as_the_keras_example(use_tracking, small_run):
