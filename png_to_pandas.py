@@ -9,8 +9,8 @@ Writes: example.json, one request holding every image, in a layout the packaged 
           base64  a column "image" of each file's bytes, base64-encoded; the model decodes
 For split and inputs each image is decoded, converted to the model's channels, fitted into
 H x W with aspect-preserving padding and inverted when its background is light, by the
-same function the model uses (`mlpipe_vision.serving.prepare_images`). Pixels stay raw 0-255:
-the model normalizes them itself.
+same function the model uses (`mlpipe_vision.serving.prepare_images`; the bodies are built
+by `mlpipe_vision.request_bodies`). Pixels stay raw 0-255: the model normalizes them itself.
 Next:   the printed curl command sends the file to a model served with
         `mlflow models serve -m models:/<name>@<alias> --env-manager local`.
 
@@ -21,7 +21,7 @@ Next:   the printed curl command sends the file to a model served with
 import argparse
 import sys
 
-from mlpipe_vision import serving
+from mlpipe_vision import request_bodies
 
 
 def image_size(value: str) -> tuple[int, int]:
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", help="PNG/JPEG files; all go into one request")
     parser.add_argument(
         "--format",
-        choices=serving.REQUEST_FORMATS,
+        choices=request_bodies.REQUEST_FORMATS,
         default="split",
         help="request layout (default: split)",
     )
@@ -75,13 +75,13 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     height, width = args.size
     try:
-        output_path = serving.write_request_file(
+        output_path = request_bodies.write_request_file(
             args.images, args.format, (height, width, args.channels), args.output
         )
     except ValueError as error:
         sys.exit(f"png_to_pandas: {error}")
     print(f"wrote {output_path}: {len(args.images)} image(s), {args.format} format")
-    print(serving.curl_command(output_path, args.port))
+    print(request_bodies.curl_command(output_path, args.port))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ arrays for the same epochs and are tested on all 10,000 test images:
 - stage: `mlpipe_vision.training.run_train` with every default (the default network, tf.data,
   early stopping, MLflow logging), in a temporary sqlite store;
 - baseline: the Keras examples' "Simple MNIST convnet"
-  (`mlpipe_vision.models.build_keras_example_network`), Adam at 0.001, batch 64,
+  (`bench/keras_example.py`), Adam at 0.001, batch 64,
   `Model.fit` on the arrays, seed 42, with no early stopping.
 
 Targets: the stage at least as accurate as the baseline at every size, and above 0.80 at 5 %.
@@ -26,6 +26,7 @@ import io
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,10 +35,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import mlflow  # noqa: E402
 
-from mlpipe_vision import artifacts, datasets, models, preprocessing, stats, training  # noqa: E402
+from mlpipe_vision import artifacts, datasets, preprocessing, stats, training  # noqa: E402
 from mlpipe_vision.train_parameters import TrainParameters  # noqa: E402
 
 REPO_DIR = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_DIR))  # run as a script, `bench` is not on the path
+from bench.keras_example import fit_keras_example  # noqa: E402
+from mlpipe_vision import (  # noqa: E402
+    idx_files,
+)
+
 DEFAULT_OUTPUT_PATH = REPO_DIR / "bench" / "results" / "learning_curve.json"
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 SIZES = (1.0, 5.0, 20.0, 100.0)
@@ -77,7 +84,7 @@ def run_stage(preprocessed_dir: Path, epochs: int) -> dict:
 def run_baseline(preprocessed_dir: Path, epochs: int) -> dict:
     """The Keras example CNN on the same arrays; its test accuracy and last-epoch metrics."""
     started = time.perf_counter()
-    result = models.fit_keras_example(preprocessed_dir, epochs, seed=SEED)
+    result = fit_keras_example(preprocessed_dir, epochs, seed=SEED)
     return {**result, "seconds": time.perf_counter() - started}
 
 
@@ -152,7 +159,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Train both sides at every size, print the table, write the JSON."""
     arguments = parse_arguments(argv)
-    dataset = datasets.load_idx_dataset("fashion_mnist", source=FASHION_MNIST_DIR)
+    dataset = idx_files.load_idx_dataset("fashion_mnist", source=FASHION_MNIST_DIR)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_learning_curve_") as tmp:
         work_dir = Path(tmp)

@@ -10,12 +10,13 @@ package), then serves, side by side:
   user serving it anywhere but the project's venv would;
 - keras_flavor (a): the same network logged with MLflow's built-in Keras flavor;
 - predict_pyfunc (b): the product's pyfunc with `Model.predict` instead of its compiled
-  path, the way the original workshop called the network;
+  path, the way the original workshop called the network (bench/pyfuncs/predict_pyfunc.py);
 - floor (c): the network alone, called in this process (`predict_on_batch` and
   `network(x, training=False)`), with no server at all;
 - server_floor (d): a pyfunc that does no work and answers a precomputed table of the
   product's shape, so its latency is the scoring server's own cost (HTTP, FastAPI, JSON
-  and pandas) for the same request body: what no model can go below.
+  and pandas) for the same request body: what no model can go below
+  (bench/pyfuncs/server_floor.py).
 
 Every other server runs under `python -m mlflow models serve --env-manager local`. The two
 product servers start first, one at a time, and their start-up (until /ping answers) is
@@ -40,6 +41,7 @@ import contextlib
 import json
 import os
 import platform
+import queue
 import shutil
 import signal
 import socket
@@ -47,9 +49,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +60,8 @@ import requests
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT_PATH = REPO_DIR / "bench" / "results" / "serving.json"
+# The comparison pyfuncs (b) and (d), logged as models-from-code.
+PYFUNCS_DIR = REPO_DIR / "bench" / "pyfuncs"
 REGISTERED_MODEL_NAME = "bench_fashion"
 BATCH_SIZE = 64
 SERVER_START_SECONDS = 300
@@ -94,56 +98,6 @@ CASES = (
     ("single", "concurrent"),
     ("batch", "concurrent"),
 )
-
-# The workshop's pyfunc: the product's, except that the network runs through Model.predict.
-PREDICT_PYFUNC_CODE = '''"""The product's pyfunc, calling Model.predict as the workshop did."""
-
-import mlflow
-import numpy as np
-
-from mlpipe_vision.images import normalize
-from mlpipe_vision.pyfunc_model import ImageClassifier
-
-
-class WorkshopImageClassifier(ImageClassifier):
-    def probabilities(self, raw_images):
-        batch = normalize(raw_images, self.normalization)
-        return np.asarray(self.network.predict(batch, verbose=0), dtype=np.float64)
-
-
-mlflow.models.set_model(WorkshopImageClassifier())
-'''
-
-# A pyfunc that reads nothing and runs nothing: the scoring server's own cost.
-SERVER_FLOOR_CODE = '''"""A precomputed answer of the product's shape; the input is not read."""
-
-import json
-from pathlib import Path
-
-import mlflow
-import numpy as np
-from mlflow.pyfunc import PythonModel
-
-from mlpipe_vision import serving
-
-
-class DoNothing(PythonModel):
-    def load_context(self, context):
-        meta = json.loads(Path(context.artifacts["meta"]).read_text())
-        self.class_names = meta["class_names"]
-        self.width = meta["image_shape"][1]
-        self.answers = {}
-
-    def predict(self, context, model_input, params=None):
-        count = 1 if model_input.shape[1] == self.width else len(model_input)
-        if count not in self.answers:
-            uniform = np.full((count, len(self.class_names)), 1 / len(self.class_names))
-            self.answers[count] = serving.format_predictions(uniform, self.class_names)
-        return self.answers[count]
-
-
-mlflow.models.set_model(DoNothing())
-'''
 
 
 @dataclass
@@ -263,21 +217,18 @@ def log_keras_flavor(network: object, example: np.ndarray) -> str:
     return info.model_uri
 
 
-def log_code_pyfunc(name: str, code: str, product_dir: Path, work_dir: Path) -> str:
-    """Log a models-from-code pyfunc with the product's own artifacts; return its URI.
+def log_code_pyfunc(name: str, product_dir: Path) -> str:
+    """Log bench/pyfuncs/<name>.py as code with the product's own artifacts; return its URI.
 
     Args:
-        name: Run name and model name.
-        code: The model's source (PREDICT_PYFUNC_CODE or SERVER_FLOOR_CODE).
+        name: Run name, model name and file name in bench/pyfuncs/.
         product_dir: The downloaded packaged model, whose network and meta.json are reused.
-        work_dir: Where the code file is written.
     """
     import mlflow
 
     from mlpipe_vision import environment, packaging
 
-    code_path = work_dir / f"{name}_model.py"
-    code_path.write_text(code)
+    code_path = PYFUNCS_DIR / f"{name}.py"
     meta = json.loads((product_dir / "artifacts" / "meta.json").read_text())
     with mlflow.start_run(run_name=f"bench_{name}"):
         info = mlflow.pyfunc.log_model(
@@ -461,57 +412,56 @@ def measure_sequential(
     return latencies, time.perf_counter() - started
 
 
+def connected_session(url: str) -> requests.Session:
+    """A `requests.Session` whose kept-alive connection to the server is already open."""
+    session = requests.Session()
+    session.get(f"{url}/ping", timeout=10)
+    return session
+
+
 def measure_concurrent(
     url: str, body: bytes, clients: int, count: int, time_limit: float
 ) -> tuple[list[float], float]:
     """Send `count` requests from `clients` threads at once (or until `time_limit`).
 
-    Each thread has its own `requests.Session` (a kept-alive connection) and sends its
+    A `ThreadPoolExecutor` of `clients` workers sends them, each worker taking one of
+    `clients` kept-alive sessions while it waits for its answer, so every client sends its
     next request as soon as the previous one is answered.
 
     Returns:
         (latencies in seconds, wall seconds from the first send to the last answer).
     """
-    sessions = [requests.Session() for _ in range(clients)]
-    for session in sessions:  # open the connections before the clock starts
-        session.get(f"{url}/ping", timeout=10)
-    lock = threading.Lock()
-    latencies: list[float] = []
-    errors: list[str] = []
-    issued = [0]
-    start_barrier = threading.Barrier(clients + 1)
-    deadline = [0.0]
+    sessions: queue.SimpleQueue[requests.Session] = queue.SimpleQueue()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        # Start the workers and open the connections before the clock starts.
+        for session in pool.map(connected_session, [url] * clients):
+            sessions.put(session)
+        started = time.perf_counter()
+        deadline = started + time_limit
 
-    def client(session: requests.Session) -> None:
-        start_barrier.wait()
-        while True:
-            with lock:
-                if issued[0] >= count or time.perf_counter() > deadline[0]:
-                    return
-                issued[0] += 1
-            before = time.perf_counter()
-            response = post(session, url, body)
-            elapsed = time.perf_counter() - before
-            with lock:
-                if response.status_code == 200:
-                    latencies.append(elapsed)
-                else:
-                    errors.append(f"{response.status_code}: {response.text[:200]}")
+        def send(_: int) -> tuple[float, requests.Response] | None:
+            if time.perf_counter() > deadline:
+                return None
+            session = sessions.get()  # never waits: as many sessions as workers
+            try:
+                before = time.perf_counter()
+                response = post(session, url, body)
+                return time.perf_counter() - before, response
+            finally:
+                sessions.put(session)
 
-    threads = [threading.Thread(target=client, args=(session,)) for session in sessions]
-    for thread in threads:
-        thread.start()
-    started = time.perf_counter()
-    deadline[0] = started + time_limit
-    start_barrier.wait()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
-    for session in sessions:
-        session.close()
+        answers = [answer for answer in pool.map(send, range(count)) if answer is not None]
+        seconds = time.perf_counter() - started
+    while not sessions.empty():
+        sessions.get().close()
+    errors = [
+        f"{response.status_code}: {response.text[:200]}"
+        for _, response in answers
+        if response.status_code != 200
+    ]
     if errors:
         raise RuntimeError(f"{url} failed {len(errors)} requests, e.g. {errors[0]}")
-    return latencies, seconds
+    return [latency for latency, _ in answers], seconds
 
 
 def rotated(names: tuple[str, ...], offset: int) -> list[str]:
@@ -815,6 +765,76 @@ def floor_calls(network: object, normalized: np.ndarray) -> dict[str, dict[str, 
     }
 
 
+def make_servers(uris: dict[str, str], work_dir: Path) -> dict[str, Server]:
+    """One server per name in SERVERS on a free port; adds product_uv (the product) to `uris`."""
+    uris["product_uv"] = uris["product"]
+    return {
+        name: Server(
+            name,
+            uris[name],
+            free_port(),
+            work_dir / f"serve_{name}.log",
+            env_manager="uv" if name == "product_uv" else "local",
+        )
+        for name in SERVERS
+    }
+
+
+def start_servers(servers: dict[str, Server], environment: dict[str, str]) -> dict[str, float]:
+    """Start TIMED_STARTS one at a time, then the rest together; their start-up seconds.
+
+    Raises:
+        RuntimeError: If a server exits or does not answer /ping in time.
+    """
+    for name in TIMED_STARTS:
+        start_server(servers[name], environment)
+        wait_until_ready([servers[name]], UV_SERVER_START_SECONDS)
+    untimed = [server for name, server in servers.items() if name not in TIMED_STARTS]
+    for server in untimed:
+        start_server(server, environment)
+    wait_until_ready(untimed, SERVER_START_SECONDS)
+    return {name: servers[name].start_seconds for name in TIMED_STARTS}
+
+
+def results_record(
+    settings: Settings,
+    bodies: dict[str, dict[str, bytes]],
+    uris: dict[str, str],
+    start_seconds: dict[str, float],
+    samples: dict[tuple[str, str, str], Samples],
+    seconds: dict[str, float],
+) -> dict:
+    """The JSON record of one run: machine, settings, URIs, latencies, ratios and targets."""
+    summary = summarize(samples)
+    ratio_table = ratios(summary)
+    return {
+        "benchmark": "serving",
+        "machine": machine_info(),
+        "settings": {
+            **vars(settings),
+            "batch_size": BATCH_SIZE,
+            "server_command": "python -m mlflow models serve -m <uri> -p <port> "
+            "--env-manager local",
+            "bodies": {
+                "product, predict_pyfunc": "dataframe_split of raw 0-255 ints: single = 28 rows "
+                "x 28 columns (workshop), batch = 64 rows x 784 columns",
+                "keras_flavor": "inputs: normalized float tensor (N, 28, 28, 1), 4 decimals",
+            },
+            "body_bytes": {
+                name: {size: len(body) for size, body in sizes.items()}
+                for name, sizes in bodies.items()
+            },
+            "build_seconds": seconds["build"],
+            "total_seconds": seconds["total"],
+        },
+        "model_uris": uris,
+        "start_seconds": start_seconds,
+        "results": summary,
+        "ratios": ratio_table,
+        "targets": check_targets(summary, ratio_table),
+    }
+
+
 def run_benchmark(arguments: argparse.Namespace, work_dir: Path) -> dict:
     """Build the models, serve them, measure, and return the results record."""
     import keras
@@ -840,35 +860,16 @@ def run_benchmark(arguments: argparse.Namespace, work_dir: Path) -> dict:
     images = load_test_images(uris["data"], BATCH_SIZE)
     normalized = normalize(images, meta["normalization"])
     uris["keras_flavor"] = log_keras_flavor(network, normalized[:2])
-    uris["predict_pyfunc"] = log_code_pyfunc(
-        "predict_pyfunc", PREDICT_PYFUNC_CODE, product_dir, work_dir
-    )
-    uris["server_floor"] = log_code_pyfunc("server_floor", SERVER_FLOOR_CODE, product_dir, work_dir)
+    uris["predict_pyfunc"] = log_code_pyfunc("predict_pyfunc", product_dir)
+    uris["server_floor"] = log_code_pyfunc("server_floor", product_dir)
     build_seconds = time.perf_counter() - started
     print(f"\nbuilt everything in {build_seconds:.0f} s: {uris}", flush=True)
 
-    uris["product_uv"] = uris["product"]
-    servers = {
-        name: Server(
-            name,
-            uris[name],
-            free_port(),
-            work_dir / f"serve_{name}.log",
-            env_manager="uv" if name == "product_uv" else "local",
-        )
-        for name in SERVERS
-    }
+    servers = make_servers(uris, work_dir)
     # A new folder of environments: the uv server builds its own from the model's files.
     environment = {**server_environment(tracking_uri), "MLFLOW_ENV_ROOT": str(work_dir / "envs")}
-    untimed = [server for name, server in servers.items() if name not in TIMED_STARTS]
     try:
-        for group in ([servers[name]] for name in TIMED_STARTS):
-            start_server(group[0], environment)
-            wait_until_ready(group, UV_SERVER_START_SECONDS)
-        for server in untimed:
-            start_server(server, environment)
-        wait_until_ready(untimed, SERVER_START_SECONDS)
-        start_seconds = {name: servers[name].start_seconds for name in TIMED_STARTS}
+        start_seconds = start_servers(servers, environment)
         print(
             f"servers up after {time.perf_counter() - started:.0f} s; start-up "
             + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in start_seconds.items()),
@@ -891,34 +892,8 @@ def run_benchmark(arguments: argparse.Namespace, work_dir: Path) -> dict:
         samples = run_rounds(servers, bodies, calls, settings)
     finally:
         stop_servers(list(servers.values()))
-    summary = summarize(samples)
-    ratio_table = ratios(summary)
-    return {
-        "benchmark": "serving",
-        "machine": machine_info(),
-        "settings": {
-            **vars(settings),
-            "batch_size": BATCH_SIZE,
-            "server_command": "python -m mlflow models serve -m <uri> -p <port> "
-            "--env-manager local",
-            "bodies": {
-                "product, predict_pyfunc": "dataframe_split of raw 0-255 ints: single = 28 rows "
-                "x 28 columns (workshop), batch = 64 rows x 784 columns",
-                "keras_flavor": "inputs: normalized float tensor (N, 28, 28, 1), 4 decimals",
-            },
-            "body_bytes": {
-                name: {size: len(body) for size, body in sizes.items()}
-                for name, sizes in bodies.items()
-            },
-            "build_seconds": build_seconds,
-            "total_seconds": time.perf_counter() - started,
-        },
-        "model_uris": uris,
-        "start_seconds": start_seconds,
-        "results": summary,
-        "ratios": ratio_table,
-        "targets": check_targets(summary, ratio_table),
-    }
+    seconds = {"build": build_seconds, "total": time.perf_counter() - started}
+    return results_record(settings, bodies, uris, start_seconds, samples, seconds)
 
 
 def main(argv: list[str] | None = None) -> None:

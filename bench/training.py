@@ -41,7 +41,14 @@ import keras  # noqa: E402
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mlpipe_vision import artifacts, datasets, models, preprocessing, stats, training  # noqa: E402
+from mlpipe_vision import (  # noqa: E402
+    artifacts,
+    idx_files,
+    models,
+    preprocessing,
+    stats,
+    training,
+)
 from mlpipe_vision.images import normalize  # noqa: E402
 from mlpipe_vision.train_parameters import TrainParameters  # noqa: E402
 
@@ -59,7 +66,7 @@ DEFAULTS = TrainParameters().as_dict()
 
 def build_preprocessed(work_dir: Path, percentage: float) -> Path:
     """Write a `preprocessed/` folder of Fashion-MNIST as the preprocess stage would."""
-    dataset = datasets.load_idx_dataset("fashion_mnist", source=FASHION_MNIST_DIR)
+    dataset = idx_files.load_idx_dataset("fashion_mnist", source=FASHION_MNIST_DIR)
     normalization = preprocessing.normalization_from_stats(
         {"train_pixels": stats.pixel_stats(dataset.train_images)}, 1
     )

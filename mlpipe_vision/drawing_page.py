@@ -7,13 +7,13 @@ shows is what curl would get. Class names come from the answer (its `class_name`
 Gradio; `build` imports it (the `app` extra).
 """
 
-import base64
 import re
 
 import cv2
 import numpy as np
 import requests
 
+from mlpipe_vision.request_bodies import base64_body
 from mlpipe_vision.serving import PROBABILITY_PREFIX
 
 DRAW_PROMPT = "Draw on the canvas or upload an image."
@@ -59,8 +59,7 @@ def request_body(image: np.ndarray) -> dict:
     ok, png = cv2.imencode(".png", image)
     if not ok:
         raise ValueError(f"could not encode an image of shape {image.shape} as PNG")
-    encoded = base64.b64encode(png.tobytes()).decode("ascii")
-    return {"dataframe_split": {"columns": ["image"], "data": [[encoded]]}}
+    return base64_body([png.tobytes()])
 
 
 def chart_values(row: dict) -> dict[str, float]:

@@ -1,8 +1,7 @@
 """Network builders: shapes and hyperparameters in, an uncompiled Keras model out.
 
-Every network takes normalized float32 images (N, H, W, C) (training normalizes the uint8
-shards the preprocess stage writes as it reads them) and returns softmax probabilities
-(N, classes). Nothing here trains, logs or touches
+Every network takes normalized float32 images (N, H, W, C), as the preprocess stage writes
+them, and returns softmax probabilities (N, classes). Nothing here trains, logs or touches
 files; `mlpipe_vision.training` compiles and fits what these functions build.
 """
 
@@ -11,12 +10,10 @@ from pathlib import Path
 import keras
 from keras.applications import vgg16
 
-from mlpipe_vision import artifacts
-from mlpipe_vision.train_parameters import vgg16_weights
-
 # VGG16's five pooling stages need at least 32x32 pixels.
 VGG16_MIN_SIZE = 32
 VGG16_TOP_BLOCK = "block5"
+VGG16_WEIGHTS = ("imagenet", "none")
 BATCH_NORM_MOMENTUM = 0.9
 
 
@@ -125,6 +122,29 @@ def build_convolutional_network(
     return keras.Model(inputs, outputs, name=f"cnn_{convolutions}x{conv_filters}")
 
 
+def resolve_vgg16_weights(weights: str) -> str | None:
+    """Turn the `weights` parameter into what `keras.applications.VGG16` expects.
+
+    Args:
+        weights: "imagenet", "none", or the path of a weights file (.h5 or .weights.h5).
+
+    Returns:
+        "imagenet", None, or the path.
+
+    Raises:
+        ValueError: If it is none of these or the file does not exist.
+    """
+    choice = weights.strip()
+    if choice.lower() in VGG16_WEIGHTS:
+        return None if choice.lower() == "none" else "imagenet"
+    if not Path(choice).is_file():
+        raise ValueError(
+            f"weights must be imagenet, none or the path of a weights file; {weights!r} is "
+            "not an existing file"
+        )
+    return choice
+
+
 def vgg16_input_pixels(
     inputs: keras.KerasTensor, image_shape: tuple[int, int, int], normalization: dict
 ) -> keras.KerasTensor:
@@ -185,7 +205,7 @@ def build_vgg16_transfer(
             f"{channels} channel(s)"
         )
     check_head(num_classes, dense_units, dropout_rate)
-    keras_weights = vgg16_weights(weights)
+    keras_weights = resolve_vgg16_weights(weights)
     inputs = keras.Input(shape=tuple(image_shape), name="image")
     pixels = vgg16_input_pixels(inputs, image_shape, normalization)
     try:
@@ -294,61 +314,4 @@ def _float32_config(config: object) -> object:
         if key == "dtype" and value in ("float16", "bfloat16")
         else _float32_config(value)
         for key, value in config.items()
-    }
-
-
-def build_keras_example_network(image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    """The Keras examples' "Simple MNIST convnet": the baseline the default is measured against.
-
-    Conv32 - pool - Conv64 - pool - flatten - dropout 0.5 - softmax, about 35,000 parameters
-    for 28x28 images. The learning-curve benchmark and the small-data tests train it on the
-    same arrays as the train stage, so the stage is compared with a plain Keras example
-    measured in the same run, not with a number.
-    """
-    inputs = keras.Input(shape=tuple(image_shape), name="image")
-    hidden = keras.layers.Conv2D(32, 3, activation="relu")(inputs)
-    hidden = keras.layers.MaxPooling2D(2)(hidden)
-    hidden = keras.layers.Conv2D(64, 3, activation="relu")(hidden)
-    hidden = keras.layers.MaxPooling2D(2)(hidden)
-    hidden = keras.layers.Flatten()(hidden)
-    hidden = keras.layers.Dropout(0.5)(hidden)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(hidden)
-    return keras.Model(inputs, outputs, name="keras_example_cnn")
-
-
-def fit_keras_example(preprocessed_dir: Path, epochs: int, seed: int = 42) -> dict[str, float]:
-    """Train the Keras example network as its example does, on a `preprocessed/` folder.
-
-    The splits are read into memory and normalized with the folder's normalization; Adam at
-    0.001, batch 64, `Model.fit` on the arrays, no early stopping.
-
-    Returns:
-        {"test_accuracy", "train_accuracy", "val_accuracy"} (the last two of the last epoch).
-    """
-    from mlpipe_vision import images  # only the baseline needs the data code
-
-    split_arrays, meta = artifacts.load_preprocessed(preprocessed_dir)
-    normalized = {
-        split: (images.normalize(pixels, meta["normalization"]), labels)
-        for split, (pixels, labels) in split_arrays.items()
-    }
-    keras.utils.set_random_seed(seed)
-    network = build_keras_example_network(tuple(meta["image_shape"]), len(meta["class_names"]))
-    network.compile(
-        optimizer=keras.optimizers.Adam(0.001),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    history = network.fit(
-        *normalized["train"],
-        batch_size=64,
-        epochs=epochs,
-        validation_data=normalized["validation"],
-        verbose=0,
-    )
-    _, test_accuracy = network.evaluate(*normalized["test"], batch_size=256, verbose=0)
-    return {
-        "test_accuracy": float(test_accuracy),
-        "train_accuracy": float(history.history["accuracy"][-1]),
-        "val_accuracy": float(history.history["val_accuracy"][-1]),
     }

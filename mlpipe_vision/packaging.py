@@ -22,7 +22,16 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
-from mlpipe_vision import artifacts, console, environment, lineage, models, pyfunc_model, serving
+from mlpipe_vision import (
+    artifacts,
+    console,
+    environment,
+    lineage,
+    models,
+    pyfunc_model,
+    request_bodies,
+    serving,
+)
 from mlpipe_vision.preprocessing import make_normalization
 
 PYFUNC_CODE_PATH = Path(pyfunc_model.__file__)
@@ -280,6 +289,6 @@ def run_package(
         print(f"serve: mlflow models serve -m {registered_uri} -p 5000 --env-manager local")
         print(
             "query: python png_to_pandas.py drawing.png && "
-            + serving.curl_command("example.json", port=5000)
+            + request_bodies.curl_command("example.json", port=5000)
         )
     return registered_uri

@@ -1,10 +1,11 @@
-"""What the served model accepts and answers: request decoding and prediction tables.
+"""The server's side of the served model: request decoding and prediction tables.
 
 The packaged pyfunc calls `images_from_request` on whatever MLflow hands its `predict`,
-normalizes the batch and calls the network, then answers with `format_predictions`.
-`png_to_pandas.py` builds its requests with `request_body`, so the model accepts exactly
-what that script writes. PNG/JPEG bytes go through `mlpipe_vision.images` (`decode_image`, then
-`fit_image` with `invert="auto"`), the same functions that built the training data.
+normalizes the batch and calls the network, then answers with `format_predictions`. The
+client's side (request bodies, curl lines) is `mlpipe_vision.request_bodies`, which fits
+pixels with this module's `prepare_images`, so the model accepts exactly what it writes.
+PNG/JPEG bytes go through `mlpipe_vision.images` (`decode_image`, then `fit_image` with
+`invert="auto"`), the same functions that built the training data.
 
 What `predict` receives from `mlflow models serve` (MLflow 3.17.2, model saved without
 an input schema) for each JSON body:
@@ -27,14 +28,11 @@ with error code BAD_REQUEST, so the scoring server answers HTTP 400 with its mes
 
 import base64
 import binascii
-import json
 import os
 import re
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Real
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,7 +44,6 @@ from PIL import Image
 from mlpipe_vision.images import decode_image, fit_image, image_size
 
 IMAGE_COLUMN = "image"
-REQUEST_FORMATS = ("split", "inputs", "base64")
 PROBABILITY_PREFIX = "p_"
 MAX_IMAGES_VARIABLE = "MLPIPE_MAX_REQUEST_IMAGES"
 MAX_PIXELS_VARIABLE = "MLPIPE_MAX_IMAGE_PIXELS"
@@ -272,102 +269,6 @@ def probability_columns(class_names: Sequence[str]) -> list[str]:
             column = f"{column}_{class_id}"
         columns.append(column)
     return columns
-
-
-def request_body(
-    encoded_images: Sequence[bytes],
-    request_format: str,
-    image_shape: Sequence[int],
-    names: Sequence[str] = (),
-) -> dict:
-    """Build a JSON request for `mlflow models serve` from PNG/JPEG bytes.
-
-    Args:
-        encoded_images: One bytes object per image.
-        request_format: "split" (one grayscale image: H rows x W columns, the workshop's
-            layout; otherwise N rows x H*W*C columns), "inputs" (a tensor (N, H, W) for
-            grayscale, (N, H, W, C) for colour) or "base64" (a column "image" holding
-            each file's bytes, base64-encoded, for the model to decode).
-        image_shape: The model's input (H, W, C).
-        names: What to call each image in an error message (file names).
-
-    Returns:
-        The body as a dict, ready for `json.dump`. Pixel values are raw 0-255, fitted by
-        `prepare_images`; the model normalizes them.
-
-    Raises:
-        ValueError: If the format is unknown, or an image is empty or unreadable.
-    """
-    if request_format not in REQUEST_FORMATS:
-        raise ValueError(
-            f"unknown request format {request_format!r}; expected one of {REQUEST_FORMATS}"
-        )
-    images = prepare_images(encoded_images, image_shape, names)
-    count, height, width, channels = images.shape
-    if request_format == "base64":
-        encoded = [base64.b64encode(data).decode("ascii") for data in encoded_images]
-        return {
-            "dataframe_split": {"columns": [IMAGE_COLUMN], "data": [[text] for text in encoded]}
-        }
-    if request_format == "inputs":
-        tensor = images[..., 0] if channels == 1 else images
-        return {"inputs": tensor.tolist()}
-    if count == 1 and channels == 1:
-        return {
-            "dataframe_split": {"columns": list(range(width)), "data": images[0, :, :, 0].tolist()}
-        }
-    flattened = images.reshape(count, height * width * channels)
-    return {
-        "dataframe_split": {"columns": list(range(flattened.shape[1])), "data": flattened.tolist()}
-    }
-
-
-def write_request_file(
-    image_paths: Sequence[str | Path],
-    request_format: str,
-    image_shape: Sequence[int],
-    output_path: str | Path,
-) -> Path:
-    """Read PNG/JPEG files and write one JSON request for `mlflow models serve`.
-
-    Args:
-        image_paths: The image files; all go into one request, in this order.
-        request_format: "split", "inputs" or "base64" (see `request_body`).
-        image_shape: The model's input (H, W, C).
-        output_path: Where to write the JSON body.
-
-    Returns:
-        The path written.
-
-    Raises:
-        ValueError: If a file cannot be read or is not an image, or the format is unknown.
-    """
-    encoded_images = []
-    for image_path in image_paths:
-        try:
-            encoded_images.append(Path(image_path).read_bytes())
-        except OSError as error:
-            raise ValueError(
-                f"cannot read {image_path}: {error.strerror or error}; expected a PNG or JPEG file"
-            ) from None
-    body = request_body(
-        encoded_images, request_format, image_shape, [str(image_path) for image_path in image_paths]
-    )
-    output_path = Path(output_path)
-    try:
-        output_path.write_text(json.dumps(body))
-    except OSError as error:
-        raise ValueError(f"cannot write {output_path}: {error.strerror or error}") from None
-    return output_path
-
-
-def curl_command(request_path: str | Path, port: int = 5000, host: str = "127.0.0.1") -> str:
-    """The shell command that sends a request file to `mlflow models serve`."""
-    data = shlex.quote(f"@{request_path}")
-    return (
-        f'curl -s -X POST -H "Content-Type: application/json" --data {data} '
-        f"http://{host}:{port}/invocations"
-    )
 
 
 def _expected_layouts(image_shape: tuple[int, int, int]) -> str:

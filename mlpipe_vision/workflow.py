@@ -19,7 +19,7 @@ from mlflow.exceptions import ExecutionException, MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PROJECT_ENTRY_POINT
 
-from mlpipe_vision import artifacts, console, lineage, serving
+from mlpipe_vision import artifacts, console, lineage, request_bodies
 from mlpipe_vision.cli import StageFailedError
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -217,5 +217,5 @@ def run_main(
         print(f"browse the runs: mlflow ui --backend-store-uri {tracking_uri}")
     print(f"serve:  mlflow models serve -m {registered_uri} -p 5000 --env-manager local")
     print("query:  python png_to_pandas.py drawing.png")
-    print(f"        {serving.curl_command('example.json', port=5000)}")
+    print(f"        {request_bodies.curl_command('example.json', port=5000)}")
     return registered_uri

@@ -24,7 +24,7 @@ PACKAGED_MODEL_NAME = "tiny_digits"
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
-    """Encode a uint8 array in IDX format (the inverse of mlpipe_vision.datasets.parse_idx)."""
+    """Encode a uint8 array in IDX format (the inverse of mlpipe_vision.idx_files.parse_idx)."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
         int(size).to_bytes(4, "big") for size in array.shape
     )

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from mlflow.artifacts import download_artifacts
 
-from mlpipe_vision import artifacts, datasets, shards, stats
+from mlpipe_vision import artifacts, datasets, idx_files, shards, stats
 from tests.conftest import FASHION_MNIST_DIR, mlflow_run
-from tests.unit.test_datasets import make_image_folder
+from tests.unit.test_image_folders import make_image_folder
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +121,7 @@ def test_chain_on_real_fashion_mnist(tracking):
 )
 def test_streamed_statistics_equal_the_in_memory_ones_on_fashion_mnist(tmp_path, monkeypatch):
     monkeypatch.setattr(shards, "SHARD_BYTES", 28 * 28 * 7000)  # 8 shards of train, not 1
-    dataset = datasets.load_idx_dataset("fashion_mnist", source=str(FASHION_MNIST_DIR))
+    dataset = idx_files.load_idx_dataset("fashion_mnist", source=str(FASHION_MNIST_DIR))
     meta = datasets.save_dataset(dataset, tmp_path / "dataset")
     assert len(meta["shards"]["train"]) == 9
     streamed = stats.compute_stats(tmp_path / "dataset", meta)["train_pixels"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mlpipe_vision import models
+from bench.keras_example import fit_keras_example
 from tests.conftest import FASHION_MNIST_DIR, mlflow_run
 
 EPOCHS = 1
@@ -38,6 +38,6 @@ def test_the_default_network_on_all_of_fashion_mnist_beats_the_keras_example(use
     assert run.data.params["train_examples"] == "54000"
 
     preprocessed_dir = Path(mlflow.artifacts.download_artifacts(preprocessed_uri))
-    baseline = models.fit_keras_example(preprocessed_dir, EPOCHS)["test_accuracy"]
+    baseline = fit_keras_example(preprocessed_dir, EPOCHS)["test_accuracy"]
     stage = run.data.metrics["test_accuracy"]
     assert stage >= baseline, (stage, baseline, train["output"][-3000:])

@@ -14,7 +14,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from mlpipe_vision import datasets, models
+from bench.keras_example import fit_keras_example
+from mlpipe_vision import idx_files
 from tests.conftest import FASHION_MNIST_DIR, mlflow_run
 
 pytestmark = [
@@ -34,7 +35,7 @@ TOLERANCE = 0.03
 
 
 def read_idx(path: Path) -> np.ndarray:
-    return datasets.parse_idx(gzip.decompress(path.read_bytes()), path.name)
+    return idx_files.parse_idx(gzip.decompress(path.read_bytes()), path.name)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def image_folder(tmp_path_factory) -> Path:
     images = read_idx(FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz")
     labels = read_idx(FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz")
     folder = tmp_path_factory.mktemp("fashion_folders")
-    for label, class_name in enumerate(datasets.IDX_DATASETS["fashion_mnist"].class_names):
+    for label, class_name in enumerate(idx_files.IDX_DATASETS["fashion_mnist"].class_names):
         class_dir = folder / class_name.replace("/", "-")
         class_dir.mkdir()
         for index in np.flatnonzero(labels == label)[:IMAGES_PER_CLASS]:
@@ -64,7 +65,7 @@ def small_run(tracking, image_folder) -> dict:
 def baseline_test_accuracy(preprocessed_uri: str) -> float:
     """The Keras example CNN, trained on the stage's own arrays for the same epochs."""
     preprocessed_dir = Path(mlflow.artifacts.download_artifacts(preprocessed_uri))
-    return models.fit_keras_example(preprocessed_dir, EPOCHS)["test_accuracy"]
+    return fit_keras_example(preprocessed_dir, EPOCHS)["test_accuracy"]
 
 
 def test_a_few_thousand_images_train_as_well_as_the_keras_example(use_tracking, small_run):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlflow.pyfunc import scoring_server
 
-from mlpipe_vision import serving
+from mlpipe_vision import request_bodies, serving
 from tests.conftest import REPO_DIR
 
 SCRIPT_PATH = REPO_DIR / "png_to_pandas.py"
@@ -89,7 +89,7 @@ def test_one_png_becomes_the_workshop_table(tmp_path, drawings, capsys):
     assert 'curl -s -X POST -H "Content-Type: application/json"' in printed
 
 
-@pytest.mark.parametrize("request_format", serving.REQUEST_FORMATS)
+@pytest.mark.parametrize("request_format", request_bodies.REQUEST_FORMATS)
 @pytest.mark.parametrize("count", [1, 3])
 def test_the_model_reads_back_the_same_pixels(tmp_path, drawings, capsys, request_format, count):
     output_path = tmp_path / "request.json"

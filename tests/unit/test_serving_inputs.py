@@ -321,29 +321,6 @@ def test_format_predictions_refuses_a_class_count_mismatch():
         serving.format_predictions(np.array([[0.5, 0.5]]), ["a", "b", "c"])
 
 
-@pytest.mark.parametrize("request_format", serving.REQUEST_FORMATS)
-@pytest.mark.parametrize("count", [1, 3])
-def test_request_body_round_trips_through_images_from_request(request_format, count):
-    encoded = [ENCODED["grayscale png"], ENCODED["rgba png"], ENCODED["jpeg"]][:count]
-    body = json.loads(json.dumps(serving.request_body(encoded, request_format, SHAPE)))
-    parsed = scoring_server.infer_and_parse_data(body)
-    result = serving.images_from_request(parsed, SHAPE)
-    np.testing.assert_array_equal(result, serving.prepare_images(encoded, SHAPE))
-
-
-def test_request_body_writes_the_workshop_layout_for_one_image():
-    body = serving.request_body([ENCODED["grayscale png"]], "split", SHAPE)
-    table = body["dataframe_split"]
-    assert table["columns"] == list(range(28))
-    assert len(table["data"]) == 28 and all(len(row) == 28 for row in table["data"])
-    assert all(isinstance(value, int) and 0 <= value <= 255 for value in table["data"][14])
-
-
-def test_request_body_refuses_an_unknown_format():
-    with pytest.raises(ValueError, match=r"unknown request format 'csv'"):
-        serving.request_body([ENCODED["jpeg"]], "csv", SHAPE)
-
-
 # MLflow's own parsing: the JSON bodies a client sends, through what `mlflow models serve`
 # runs before `predict` (MLflow 3.17.2, a model without an input schema).
 
