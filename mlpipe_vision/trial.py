@@ -1,9 +1,10 @@
-"""One sweep trial's process: the sweep starts it, and it runs the train stage.
+"""One sweep trial's process: the sweep starts it, it runs the train stage, the sweep reads it.
 
 The sweep starts `python -m mlpipe_vision.trial '<arguments as JSON>'` (`run_trial_process`)
 with MLFLOW_RUN_ID set to the trial's child run, so `training.run_train` continues that run;
 its output goes to the trial's train.log and, labelled, to the console. A trial that fails
-exits non-zero with one error line, as the train stage does, and the sweep goes on.
+exits non-zero with one error line, as the train stage does, and the sweep goes on; one
+that ends well has logged the metric the sweep reads as its objective (`trial_objective`).
 """
 
 import json
