@@ -133,7 +133,9 @@ class SweepStorage(optuna.storages.RDBStorage):
 
     A thread claims a queued trial by reading it WAITING and writing it RUNNING. SQLite
     ignores the row lock Optuna asks for (SELECT ... FOR UPDATE), so two `n_jobs` threads
-    asking at once both claimed the same grid point (measured); PostgreSQL locks the row.
+    asking at once could both claim the same grid point (they did, in a 2-worker grid sweep
+    here); PostgreSQL locks the row. Worker processes sharing one sqlite file can still
+    race so, as they could before: give them PostgreSQL.
     """
 
     state_lock = threading.Lock()
