@@ -1,9 +1,9 @@
 """The console's quiet mode, in one place: what the libraries print that users do not need.
 
 Off unless MLPIPE_VERBOSE=1: TensorFlow's C++ start-up lines, MLflow's INFO lines and
-artifact progress bars, Optuna's INFO lines and its warnings about the heartbeat we use on
-purpose, MLflow's advice to type-hint the served model's `predict`, and the Keras summary
-table (training prints one line instead). Warnings and errors still show.
+artifact progress bars, Optuna's INFO lines (and its warnings that the heartbeat and plots
+we use are experimental), MLflow's advice to type-hint the served model's `predict`, and the
+Keras summary table (training prints one line instead). Warnings and errors still show.
 """
 
 import contextlib
@@ -36,14 +36,16 @@ def quiet_console() -> None:
 
 
 def quiet_optuna() -> None:
-    """Keep Optuna's INFO line per trial off the console: the sweep prints its own.
+    """Keep Optuna's own lines off the console: the sweep prints one line per trial.
 
-    Call it once Optuna is imported: Optuna sets its logger's level as it loads.
+    Optuna logs every trial at INFO and a failed one with its traceback at WARNING. Call it
+    once Optuna is imported: Optuna sets its logger's level as it loads.
     """
     if VERBOSE:
         return
-    logging.getLogger("optuna").setLevel(logging.WARNING)
-    # Known and expected: Optuna marks the heartbeat and stale-trial API experimental.
+    logging.getLogger("optuna").setLevel(logging.ERROR)
+    # Known and expected: Optuna marks the heartbeat, `fail_stale_trials`, the retry callback
+    # and `plot_slice` experimental.
     warnings.filterwarnings("ignore", message=r".*(is experimental|is an experimental feature)")
 
 

@@ -39,7 +39,7 @@ def start_stage_run(stage: str, input_uri: str | None = None, name: str = "") ->
             later stages can follow the lineage back.
         name: The run's name in the UI, saying what it is ("train fashion_mnist: cnn_3x48,
             10 epochs"), instead of MLflow's random one. A sweep's trial keeps the name
-            its sweep gave it.
+            and the input URI its sweep gave it (it reads a copy the sweep resolved).
 
     Returns:
         The active run, to be used as a context manager. With a login
@@ -53,7 +53,7 @@ def start_stage_run(stage: str, input_uri: str | None = None, name: str = "") ->
     if login:
         # On a team server the login says who ran it; MLflow records the machine's user.
         mlflow.set_tag(MLFLOW_USER, login)
-    if input_uri:
+    if input_uri and artifacts.TRIAL_NUMBER_TAG not in run.data.tags:
         mlflow.set_tag(artifacts.INPUT_URI_TAG, input_uri)
     record_container(run)
     return run

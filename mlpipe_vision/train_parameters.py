@@ -117,10 +117,7 @@ class TrainParameters:
             ValueError: Naming the first bad value and what would be right.
         """
         for field in dataclasses.fields(self):
-            check = field.metadata["check"]
-            problem = check(field.name, getattr(self, field.name)) if check else None
-            if problem:
-                raise ValueError(problem)
+            check_value(field.name, getattr(self, field.name))
         if self.fine_tune_epochs and self.convolutions:
             raise ValueError(
                 f"fine_tune_epochs={self.fine_tune_epochs} fine-tunes VGG16's top block, which "
@@ -143,6 +140,18 @@ def fields() -> tuple[dataclasses.Field, ...]:
 def types() -> dict[str, type]:
     """Each train parameter's type by name, in the schema's order."""
     return {field.name: field.type for field in fields()}
+
+
+def check_value(name: str, value: object) -> None:
+    """Refuse one impossible value of one parameter (the checks that need no other one).
+
+    Raises:
+        ValueError: Naming the value and what would be right.
+    """
+    check = next(field for field in fields() if field.name == name).metadata["check"]
+    problem = check(name, value) if check else None
+    if problem:
+        raise ValueError(problem)
 
 
 def vgg16_weights(weights: str) -> str | None:

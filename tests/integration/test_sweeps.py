@@ -1,14 +1,14 @@
 """The train_batch stage through the real `mlflow run`: grid, Optuna, failures and resuming."""
 
-import socket
-import subprocess
+import time
 
 import optuna
 import pytest
 
-from mlpipe_vision import artifacts, sweeps
+from mlpipe_vision import artifacts, search_space, sweep_study
 from tests.conftest import mlflow_run
 from tests.integration.test_train import gray_images, write_preprocessed
+from tests.unit.test_sweeps import trial_of_a_dead_worker
 
 pytestmark = pytest.mark.integration
 
@@ -88,20 +88,23 @@ def test_a_killed_sweep_started_again_reruns_only_its_interrupted_trial(
     assert len(first_children) == 2
     assert tracking["client"].get_run(first["run_id"]).data.tags["mlpipe.sampler"] == "tpe"
 
-    # A worker on this machine killed during its trial (its process is gone, the trial is
-    # still RUNNING in the study, its run RUNNING in MLflow).
-    study = optuna.load_study(study_name="resume", storage=storage)
-    space = sweeps.parse_search_space({"learning_rate": settings["learning_rate"]})
-    interrupted = study.ask(space.distributions())
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    interrupted.set_user_attr(sweeps.WORKER_ATTRIBUTE, f"{socket.gethostname()}:{dead.pid}")
+    # A worker on this machine killed during its trial (its heartbeats stopped, the trial is
+    # still RUNNING in the study, its run RUNNING in MLflow). Optuna notices it once the
+    # grace period (here 2 s) is over.
+    space = search_space.parse_search_space({"learning_rate": settings["learning_rate"]})
     killed_run = tracking["client"].create_run(
         tracking["experiment_id"], tags={"mlflow.parentRunId": first["run_id"]}
     )
-    interrupted.set_user_attr(sweeps.RUN_ID_ATTRIBUTE, killed_run.info.run_id)
+    interrupted = trial_of_a_dead_worker(
+        storage,
+        "resume",
+        space.distributions(),
+        **{sweep_study.RUN_ID_ATTRIBUTE: killed_run.info.run_id},
+    )
+    time.sleep(3)
 
-    second = mlflow_run(tracking, "train_batch", n_trials=4, **settings)
+    grace = {**tracking, "env": {"MLPIPE_SWEEP_GRACE_SECONDS": "2"}}
+    second = mlflow_run(grace, "train_batch", n_trials=4, **settings)
     assert "2 trial(s) finished before, 1 requeued from dead workers" in second["output"]
     assert f"sweep run: run {first['run_id']}" in second["output"]
     assert tracking["client"].get_run(killed_run.info.run_id).info.status == "KILLED"

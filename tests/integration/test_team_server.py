@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 import team_stack
-from mlpipe_vision import artifacts, sweeps
+from mlpipe_vision import artifacts, sweep_study
 from tests.conftest import FASHION_MNIST_DIR, REPO_DIR, free_port, mlflow_run, mlflow_run_command
 from tests.integration.test_train import gray_images, write_preprocessed
 
@@ -207,8 +207,10 @@ def running_trial_of(storage: str, worker: subprocess.Popen) -> optuna.trial.Fro
         except KeyError:  # not created yet
             trials = []
         for trial in trials:
-            worker_pid = int(trial.user_attrs.get(sweeps.WORKER_ATTRIBUTE, ":0").rsplit(":", 1)[1])
-            if worker_pid in pids and sweeps.RUN_ID_ATTRIBUTE in trial.user_attrs:
+            worker_pid = int(
+                trial.user_attrs.get(sweep_study.WORKER_ATTRIBUTE, ":0").rsplit(":", 1)[1]
+            )
+            if worker_pid in pids and sweep_study.RUN_ID_ATTRIBUTE in trial.user_attrs:
                 return trial
         assert worker.poll() is None, "the worker ended before it ran a trial"
         time.sleep(1)
@@ -249,27 +251,29 @@ def test_one_grid_sweep_over_two_workers_survives_a_killed_worker(stack, team_cl
     assert [trial.number for trial in trials if trial.state.name == "FAIL"] == [killed.number]
     assert not [trial for trial in trials if trial.state.name in ("RUNNING", "WAITING")]
 
-    parent_id = study.user_attrs[sweeps.PARENT_RUN_ATTRIBUTE]
-    trial_runs = {trial.user_attrs[sweeps.RUN_ID_ATTRIBUTE]: trial for trial in trials}
+    parent_id = study.user_attrs[sweep_study.PARENT_RUN_ATTRIBUTE]
+    trial_runs = {trial.user_attrs[sweep_study.RUN_ID_ATTRIBUTE]: trial for trial in trials}
     for run_id in trial_runs:
         run = team_client.get_run(run_id)
         assert run.data.tags["mlflow.parentRunId"] == parent_id
         assert run.data.tags["mlflow.user"] == stack["admin_username"]  # the login
-    assert team_client.get_run(killed.user_attrs[sweeps.RUN_ID_ATTRIBUTE]).info.status == "KILLED"
+    assert (
+        team_client.get_run(killed.user_attrs[sweep_study.RUN_ID_ATTRIBUTE]).info.status == "KILLED"
+    )
     for trial in completed:
-        assert team_client.get_run(trial.user_attrs[sweeps.RUN_ID_ATTRIBUTE]).info.status == (
+        assert team_client.get_run(trial.user_attrs[sweep_study.RUN_ID_ATTRIBUTE]).info.status == (
             "FINISHED"
         )
     # The sweep run and the killed worker's own run (when it is not the sweep run) are
     # closed, not RUNNING forever.
     assert team_client.get_run(parent_id).info.status == "FINISHED"
-    killed_worker_run = killed.user_attrs[sweeps.WORKER_RUN_ATTRIBUTE]
+    killed_worker_run = killed.user_attrs[sweep_study.WORKER_RUN_ATTRIBUTE]
     if killed_worker_run != parent_id:
         assert team_client.get_run(killed_worker_run).info.status == "KILLED"
     parent = team_client.get_run(parent_id)
     assert (
         parent.data.tags[artifacts.BEST_RUN_TAG]
-        == (max(completed, key=lambda trial: trial.value).user_attrs[sweeps.RUN_ID_ATTRIBUTE])
+        == (max(completed, key=lambda trial: trial.value).user_attrs[sweep_study.RUN_ID_ATTRIBUTE])
     )
 
     package = mlflow_run(

@@ -31,7 +31,9 @@ def test_an_unknown_run_is_refused_with_what_was_expected(use_tracking):
         )
 
 
-def test_a_stage_run_is_named_for_what_it_is_and_a_trial_keeps_its_name(use_tracking, monkeypatch):
+def test_a_stage_run_is_named_for_what_it_is_and_a_trial_keeps_its_name_and_input(
+    use_tracking, monkeypatch
+):
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
     with lineage.start_stage_run("train", name="train mnist: cnn_3x48, 2 epochs") as run:
         pass
@@ -41,14 +43,15 @@ def test_a_stage_run_is_named_for_what_it_is_and_a_trial_keeps_its_name(use_trac
     trial = use_tracking["client"].create_run(
         use_tracking["experiment_id"],
         run_name="trial 3: conv_filters=16",
-        tags={artifacts.TRIAL_NUMBER_TAG: "3"},
+        tags={artifacts.TRIAL_NUMBER_TAG: "3", artifacts.INPUT_URI_TAG: "runs:/abc/preprocessed"},
     )
     monkeypatch.setenv("MLFLOW_RUN_ID", trial.info.run_id)
-    with lineage.start_stage_run("train", name="train mnist: cnn_1x16, 1 epoch"):
+    # The trial reads the copy its sweep downloaded; its run keeps the URI the sweep gave.
+    with lineage.start_stage_run("train", "/tmp/copy", name="train mnist: cnn_1x16, 1 epoch"):
         pass
-    assert use_tracking["client"].get_run(trial.info.run_id).info.run_name == (
-        "trial 3: conv_filters=16"
-    )
+    stored = use_tracking["client"].get_run(trial.info.run_id)
+    assert stored.info.run_name == "trial 3: conv_filters=16"
+    assert stored.data.tags[artifacts.INPUT_URI_TAG] == "runs:/abc/preprocessed"
 
 
 def test_the_next_command_is_printed_unless_main_runs_the_chain(capsys):

@@ -1,248 +1,178 @@
-"""Search-space parsing, sampler choice, study names, resuming, and the trial objective."""
+"""The shared study (grid queue, budget, dead workers' trials, sweep run), and one trial."""
 
-import importlib.util
-import socket
-import subprocess
+import threading
 import time
 
 import mlflow
 import optuna
 import pytest
 
-from mlpipe_vision import sweeps, train_parameters
-from tests.conftest import REPO_DIR
+from mlpipe_vision import search_space, sweep_study, sweeps
+from mlpipe_vision import trial as trial_process
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+WAITING = (optuna.trial.TrialState.WAITING,)
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), REPO_DIR / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_lists_ranges_and_fixed_values_are_parsed_with_their_types():
-    space = sweeps.parse_search_space(
-        {
-            "conv_filters": "8,16, 32",
-            "learning_rate": "1e-4:1e-2:log",
-            "dense_units": "32:256",
-            "dropout_rate": "0.25",
-            "augment": "true,false",
-            "optimizer": "adam",
-            "epochs": "",
-        }
-    )
-    assert space.fixed == {"dropout_rate": 0.25, "optimizer": "adam"}
-    dimensions = {dimension.name: dimension for dimension in space.dimensions}
-    assert dimensions["conv_filters"].choices == (8, 16, 32)
-    assert dimensions["augment"].choices == (True, False)
-    rate = dimensions["learning_rate"]
-    assert (rate.low, rate.high, rate.log, rate.integer) == (1e-4, 1e-2, True, False)
-    units = dimensions["dense_units"]
-    assert (units.low, units.high, units.log, units.integer) == (32, 256, False, True)
-    assert isinstance(units.distribution(), optuna.distributions.IntDistribution)
-    assert isinstance(rate.distribution(), optuna.distributions.FloatDistribution)
-    assert list(dimensions) == ["conv_filters", "learning_rate", "dense_units", "augment"]
-
-
-def test_a_list_of_one_value_is_a_fixed_value():
-    space = sweeps.parse_search_space({"conv_filters": "16,16,"})
-    assert space.fixed == {"conv_filters": 16}
-    assert space.dimensions == ()
-
-
-@pytest.mark.parametrize(
-    ("raw", "message"),
-    [
-        ({"filters": "8,16"}, "'filters' is not a train parameter; expected one of convolutions"),
-        ({"conv_filters": "8,sixteen"}, "conv_filters: 'sixteen' is not a valid int"),
-        ({"conv_filters": "8.5"}, "conv_filters: '8.5' is not a valid int"),
-        ({"augment": "maybe"}, "augment: expected true or false, got 'maybe'"),
-        ({"optimizer": "adam:sgd"}, None),
-        ({"learning_rate": "0.1:0.01"}, "the low end must be below the high end"),
-        ({"learning_rate": "0:0.1:log"}, "a log range needs a positive low end"),
-        ({"learning_rate": "0.1:1:linear"}, r"expected low:high or low:high:log"),
-        ({"learning_rate": "0.1:0.5:1:log"}, r"expected low:high or low:high:log"),
-    ],
-)
-def test_bad_search_spaces_are_refused(raw, message):
-    if message is None:  # a colon in a text parameter is part of the value
-        assert sweeps.parse_search_space(raw).fixed == {"optimizer": "adam:sgd"}
-        return
-    with pytest.raises(ValueError, match=message):
-        sweeps.parse_search_space(raw)
-
-
-def test_the_grid_is_every_combination_first_dimension_slowest():
-    space = sweeps.parse_search_space({"conv_filters": "8,16", "dropout_rate": "0.2,0.4,0.6"})
-    assert space.is_grid
-    grid = space.grid()
-    assert len(grid) == 6
-    assert grid[:3] == [
-        {"conv_filters": 8, "dropout_rate": 0.2},
-        {"conv_filters": 8, "dropout_rate": 0.4},
-        {"conv_filters": 8, "dropout_rate": 0.6},
-    ]
-
-
-@pytest.mark.parametrize(
-    ("raw", "sampler", "expected"),
-    [
-        ({"conv_filters": "8,16"}, "auto", "grid"),
-        ({"conv_filters": "8,16", "learning_rate": "1e-4:1e-2"}, "auto", "tpe"),
-        ({"conv_filters": "8,16"}, "tpe", "tpe"),
-    ],
-)
-def test_the_sampler_follows_the_space(raw, sampler, expected):
-    assert sweeps.resolve_sampler(sampler, sweeps.parse_search_space(raw)) == expected
-
-
-@pytest.mark.parametrize(
-    ("raw", "sampler", "message"),
-    [
-        ({"conv_filters": "8:64"}, "grid", "a grid needs lists of values; conv_filters are ranges"),
-        ({"conv_filters": "8"}, "auto", "nothing to sweep"),
-        ({"conv_filters": "8,16"}, "random", "unknown sampler 'random'"),
-    ],
-)
-def test_impossible_sampler_choices_are_refused(raw, sampler, message):
-    with pytest.raises(ValueError, match=message):
-        sweeps.resolve_sampler(sampler, sweeps.parse_search_space(raw))
-
-
-@pytest.mark.parametrize(
-    ("direction", "metric", "expected"),
-    [
-        ("auto", "val_accuracy", "maximize"),
-        ("auto", "val_loss", "minimize"),
-        ("minimize", "val_accuracy", "minimize"),
-    ],
-)
-def test_direction(direction, metric, expected):
-    assert sweeps.resolve_direction(direction, metric) == expected
-
-
-def test_study_name_depends_on_the_definition_only():
-    data = "runs:/a/preprocessed"
-    name = sweeps.default_study_name(data, {"conv_filters": "8,16"}, "grid", "m", "maximize")
-    same = sweeps.default_study_name(
-        data, {"epochs": "", "conv_filters": " 8,16"}, "grid", "m", "maximize"
-    )
-    others = [
-        sweeps.default_study_name(data, {"conv_filters": "8,32"}, "grid", "m", "maximize"),
-        sweeps.default_study_name(data, {"conv_filters": "8,16"}, "tpe", "m", "maximize"),
-        sweeps.default_study_name(data, {"conv_filters": "8,16"}, "grid", "m", "minimize"),
-    ]
-    assert name == same
-    assert name not in others
-    assert name.startswith("sweep-")
-    assert sweeps.default_study_storage(name).endswith(f"optuna-{name}.db")
-
-
-def test_train_parameters_agree_across_the_schema_and_the_scripts():
-    """train.py's defaults are the schema's; batch_train.py sweeps exactly those parameters."""
-    types = sweeps.train_parameter_types()
-    batch_parser = load_script("batch_train.py").build_parser()
-    swept = [action.dest for action in batch_parser._actions if action.dest in types]
-    assert swept == list(types)
-    parser = load_script("train.py").build_parser()
-    actions = {action.dest: action for action in parser._actions if action.dest != "help"}
-    assert set(actions) == {"data", *types}
-    for field in train_parameters.fields():
-        assert actions[field.name].default == field.default, field.name
+def study_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'study.db'}"
 
 
 def open_test_study(tmp_path, name="grid"):
-    return sweeps.open_study(name, f"sqlite:///{tmp_path / 'study.db'}", "maximize")
+    return sweep_study.open_study(name, study_url(tmp_path), "maximize")
 
 
-def as_dead_local_worker(trial) -> None:
-    process = subprocess.Popen(["true"])
-    process.wait()
-    trial.set_user_attr(sweeps.WORKER_ATTRIBUTE, f"{socket.gethostname()}:{process.pid}")
+def trial_of_a_dead_worker(url: str, name: str, distributions: dict, **user_attrs):
+    """A trial as a worker leaves it when it dies: RUNNING, with its last heartbeat."""
+    storage = optuna.storages.RDBStorage(url)
+    study = optuna.load_study(study_name=name, storage=storage)
+    trial = study.ask(distributions)
+    for key, value in user_attrs.items():
+        trial.set_user_attr(key, value)
+    study_id = storage.get_study_id_from_name(name)
+    storage.record_heartbeat(
+        storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    )
+    return trial
 
 
-def test_a_grid_is_queued_once_and_a_dead_workers_point_runs_again(tmp_path, use_tracking):
-    space = sweeps.parse_search_space({"conv_filters": "8,16,32,64"})
+@pytest.fixture
+def short_grace(monkeypatch):
+    """A dead worker's trial is requeued after 1 s without heartbeat."""
+    monkeypatch.setattr(sweep_study, "GRACE_SECONDS", 1)
+    monkeypatch.setattr(sweep_study, "HEARTBEAT_SECONDS", 1)
+
+
+def test_a_grid_is_queued_once_and_a_dead_workers_point_runs_again(
+    tmp_path, use_tracking, short_grace
+):
+    space = search_space.parse_search_space({"conv_filters": "8,16,32,64"})
     study, created = open_test_study(tmp_path)
     assert created
-    sweeps.queue_grid(study, space, 0)
-    finished = sweeps.next_trial(study, space, "grid", 0)
-    study.tell(finished, 0.9)
-    failed = sweeps.next_trial(study, space, "grid", 0)
-    failed.set_user_attr(sweeps.FAILURE_ATTRIBUTE, "exit code 1")
-    study.tell(failed, state=optuna.trial.TrialState.FAIL)
-    interrupted = sweeps.next_trial(study, space, "grid", 0)
-    as_dead_local_worker(interrupted)
-    alive = sweeps.next_trial(study, space, "grid", 0)  # this process: still running
+    sweep_study.queue_grid(study, space, 0)
+    dead = trial_of_a_dead_worker(study_url(tmp_path), "grid", space.distributions())
 
-    # A second worker joins: it queues nothing new, requeues the dead worker's point only.
+    # A second worker joins: it queues nothing new, requeues the dead worker's point only
+    # once its grace period is over, and runs every point once, whether it completes or
+    # fails by itself.
     joined, created = open_test_study(tmp_path)
     assert not created
-    sweeps.queue_grid(joined, space, 0)
-    assert sweeps.recover_dead_trials(joined) == 1
-    again = sweeps.next_trial(joined, space, "grid", 0)
-    assert again.params == interrupted.params
-    assert sweeps.next_trial(joined, space, "grid", 0) is None
-    study.tell(alive, 0.5)
-    counts = {}
-    for trial in joined.get_trials():
-        if sweeps.counts_as_done(trial) or trial.state.name == "RUNNING":
-            key = trial.params["conv_filters"]
-            counts[key] = counts.get(key, 0) + 1
-    assert counts == {8: 1, 16: 1, 32: 1, 64: 1}
+    sweep_study.queue_grid(joined, space, 0)
+    assert len(joined.get_trials(states=WAITING)) == 3
+    assert sweep_study.requeue_dead_trials(joined) == 0
+    time.sleep(2.5)
+    assert sweep_study.requeue_dead_trials(joined) == 1
+
+    def objective(trial):
+        filters = space.suggest(trial)["conv_filters"]
+        if filters == 16:
+            trial.set_user_attr(sweep_study.FAILURE_ATTRIBUTE, "exit code 1")
+            raise sweeps.TrialFailedError("exit code 1")
+        return filters / 100
+
+    sweeps.run_trials(joined, objective, "grid", 0, workers=1)
+    sweeps.run_trials(joined, objective, "grid", 0, workers=1)  # nothing is left to run
+    trials = joined.get_trials()
+    assert trials[dead.number].state.name == "FAIL"
+    assert not sweep_study.counts_as_done(trials[dead.number])
+    done = [trial.params["conv_filters"] for trial in trials if sweep_study.counts_as_done(trial)]
+    assert sorted(done) == [8, 16, 32, 64]
+    assert len(trials) == 5
+    assert [trial.params for trial in trials[4:]] == [dead.params]
+
+
+def test_a_grid_worker_runs_no_trial_that_is_not_a_queued_point(tmp_path):
+    """When another worker took the last point meanwhile, Optuna makes a new trial."""
+    study, _ = open_test_study(tmp_path)
+    space = search_space.parse_search_space({"conv_filters": "8,16"})
+    settings = {"sampler": "grid", "metric": "val_accuracy"}
+    runner = sweeps.TrialRunner(
+        study, space, settings, "data", tmp_path, 1, None, tmp_path, own_run_id="", client=None
+    )
+    study.optimize(runner, n_trials=3)
+    assert [trial.state.name for trial in study.trials] == ["PRUNED"]
+    assert study.trials[0].params == {}
 
 
 def test_a_grid_with_n_trials_queues_the_first_points_only(tmp_path):
-    space = sweeps.parse_search_space({"conv_filters": "8,16,32"})
+    space = search_space.parse_search_space({"conv_filters": "8,16,32"})
     study, _ = open_test_study(tmp_path)
-    sweeps.queue_grid(study, space, 2)
-    assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 2
+    sweep_study.queue_grid(study, space, 2)
+    assert len(study.get_trials(states=WAITING)) == 2
 
 
 def test_the_tpe_budget_counts_every_workers_trials(tmp_path):
-    space = sweeps.parse_search_space({"learning_rate": "1e-4:1e-2:log"})
+    space = search_space.parse_search_space({"learning_rate": "1e-4:1e-2:log"})
     first, _ = open_test_study(tmp_path, "tpe")
     second, _ = open_test_study(tmp_path, "tpe")
-    mine = sweeps.next_trial(first, space, "tpe", 2)
-    theirs = sweeps.next_trial(second, space, "tpe", 2)
-    assert mine is not None and theirs is not None
-    assert sweeps.next_trial(first, space, "tpe", 2) is None
-    assert sweeps.next_trial(second, space, "tpe", 2) is None
-    first.tell(mine, 0.8)
-    assert sweeps.next_trial(second, space, "tpe", 3) is not None
+
+    def objective(trial):
+        time.sleep(0.05)
+        return space.suggest(trial)["learning_rate"]
+
+    def failing(trial):
+        space.suggest(trial)
+        trial.set_user_attr(sweep_study.FAILURE_ATTRIBUTE, "exit code 1")
+        raise sweeps.TrialFailedError("exit code 1")
+
+    sweeps.run_trials(first, failing, "tpe", 1, workers=1)  # failed by itself: it counts
+    sweeps.run_trials(first, objective, "tpe", 2, workers=1)
+    sweeps.run_trials(second, objective, "tpe", 2, workers=1)  # used up by the first worker
+    assert len(second.trials) == 2
+    sweeps.run_trials(second, objective, "tpe", 3, workers=1)
+    sweeps.run_trials(second, objective, "tpe", 5, workers=2)  # n_jobs: no overshoot
+    assert len(first.trials) == 5
+    # Two workers at once: each stops when the study has n_trials, so the one still
+    # training then may add one more (up to workers - 1 in all).
+    workers = [
+        threading.Thread(target=sweeps.run_trials, args=(study, objective, "tpe", 9, 1))
+        for study in (first, second)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(first.trials) in (9, 10)
 
 
-def test_a_trial_without_heartbeat_is_requeued_and_its_run_killed(
-    tmp_path, use_tracking, monkeypatch
+def test_a_trial_without_heartbeat_is_requeued_and_its_runs_killed(
+    tmp_path, use_tracking, short_grace
 ):
-    monkeypatch.setattr(sweeps, "HEARTBEAT_SECONDS", 1)
-    monkeypatch.setattr(sweeps, "GRACE_SECONDS", 1)
-    space = sweeps.parse_search_space({"learning_rate": "1e-4:1e-2:log"})
+    space = search_space.parse_search_space({"learning_rate": "1e-4:1e-2:log"})
     study, _ = open_test_study(tmp_path, "tpe")
-    elsewhere = sweeps.next_trial(study, space, "tpe", 3)
-    elsewhere.set_user_attr(sweeps.WORKER_ATTRIBUTE, "another-machine:1234")
-    with mlflow.start_run() as run:
-        pass
-    use_tracking["client"].set_terminated(run.info.run_id, "RUNNING")
-    elsewhere.set_user_attr(sweeps.RUN_ID_ATTRIBUTE, run.info.run_id)
-    with sweeps.Heartbeat(study) as heartbeat:
-        heartbeat.start(elsewhere)
-        heartbeat.stop(elsewhere)  # the machine dies: no more heartbeats
-    assert sweeps.recover_dead_trials(study) == 0  # within the grace period
+    client = use_tracking["client"]
+    parent, trial_run, worker_run, other_trial_run = (
+        client.create_run(use_tracking["experiment_id"]).info.run_id for _ in range(4)
+    )
+    study.set_user_attr(sweep_study.PARENT_RUN_ATTRIBUTE, parent)
+    dead = [
+        trial_of_a_dead_worker(
+            study_url(tmp_path),
+            "tpe",
+            space.distributions(),
+            **{
+                sweep_study.WORKER_ATTRIBUTE: "another-machine:1234",
+                sweep_study.RUN_ID_ATTRIBUTE: run_id,
+                sweep_study.WORKER_RUN_ATTRIBUTE: worker_run_id,
+            },
+        )
+        for run_id, worker_run_id in ((trial_run, worker_run), (other_trial_run, parent))
+    ]
+    assert sweep_study.requeue_dead_trials(study) == 0  # within the grace period
     time.sleep(2.5)
-    assert sweeps.recover_dead_trials(study) == 1
-    assert use_tracking["client"].get_run(run.info.run_id).info.status == "KILLED"
-    again = sweeps.next_trial(study, space, "tpe", 3)
-    assert again.params == elsewhere.params
-    assert not sweeps.counts_as_done(study.get_trials()[0])
+    assert sweep_study.requeue_dead_trials(study) == 2
+    statuses = [client.get_run(run).info.status for run in (trial_run, worker_run, other_trial_run)]
+    assert statuses == ["KILLED"] * 3
+    assert client.get_run(parent).info.status == "RUNNING"  # the last worker closes it
+    assert not sweep_study.counts_as_done(study.get_trials()[0])
+    again = []
+    sweeps.run_trials(study, lambda trial: again.append(space.suggest(trial)) or 0.5, "tpe", 2, 1)
+    assert again == [trial.params for trial in dead]
 
 
 def test_a_study_in_mlflows_database_is_refused_naming_the_fix(use_tracking):
     with pytest.raises(ValueError, match="database of its own"):
-        sweeps.open_storage(use_tracking["uri"])
+        sweep_study.open_storage(use_tracking["uri"])
 
 
 def test_workers_nest_under_the_run_of_the_worker_that_created_the_study(
@@ -250,26 +180,26 @@ def test_workers_nest_under_the_run_of_the_worker_that_created_the_study(
 ):
     creator = use_tracking["client"].create_run(use_tracking["experiment_id"]).info.run_id
     study, created = open_test_study(tmp_path)
-    assert sweeps.sweep_parent(study, creator, created) == creator
+    assert sweep_study.sweep_parent(study, creator, created) == creator
     joined, created = open_test_study(tmp_path)
-    assert sweeps.sweep_parent(joined, "my-run", created) == creator
+    assert sweep_study.sweep_parent(joined, "my-run", created) == creator
     orphan, _ = open_test_study(tmp_path, "orphan")
-    monkeypatch.setattr(sweeps, "PARENT_WAIT_SECONDS", 0)
+    monkeypatch.setattr(sweep_study, "PARENT_WAIT_SECONDS", 0)
     with pytest.raises(ValueError, match="has no sweep run"):
-        sweeps.sweep_parent(orphan, "my-run", False)
+        sweep_study.sweep_parent(orphan, "my-run", False)
 
 
 def test_a_worker_on_another_tracking_server_is_told_to_use_the_sweeps(tmp_path, use_tracking):
     study, _ = open_test_study(tmp_path)
-    study.set_user_attr(sweeps.PARENT_RUN_ATTRIBUTE, "0123456789abcdef0123456789abcdef")
+    study.set_user_attr(sweep_study.PARENT_RUN_ATTRIBUTE, "0123456789abcdef0123456789abcdef")
     with pytest.raises(ValueError, match="not on the tracking server .*MLFLOW_TRACKING_URI"):
-        sweeps.sweep_parent(study, "my-run", False)
+        sweep_study.sweep_parent(study, "my-run", False)
 
 
 def test_an_unreachable_study_database_is_one_line_naming_the_url_and_password():
     url = "postgresql+psycopg://mlpipe@127.0.0.1:9/optuna"  # port 9: nothing listens
     with pytest.raises(ValueError, match="cannot open study_storage .*:9/optuna: .*PGPASSWORD"):
-        sweeps.open_storage(url)
+        sweep_study.open_storage(url)
 
 
 def test_the_objective_is_read_at_the_best_epoch(use_tracking):
@@ -279,10 +209,10 @@ def test_the_objective_is_read_at_the_best_epoch(use_tracking):
         mlflow.log_metric("best_epoch", 1)
         mlflow.log_metric("test_accuracy", 0.88)
     client = use_tracking["client"]
-    assert sweeps.trial_objective(client, run.info.run_id, "val_accuracy") == 0.90
-    assert sweeps.trial_objective(client, run.info.run_id, "test_accuracy") == 0.88
+    assert trial_process.trial_objective(client, run.info.run_id, "val_accuracy") == 0.90
+    assert trial_process.trial_objective(client, run.info.run_id, "test_accuracy") == 0.88
     with pytest.raises(ValueError, match="logged no metric 'val_auc'"):
-        sweeps.trial_objective(client, run.info.run_id, "val_auc")
+        trial_process.trial_objective(client, run.info.run_id, "val_auc")
 
 
 @pytest.mark.parametrize(
@@ -299,12 +229,12 @@ def test_the_objective_is_read_at_the_best_epoch(use_tracking):
     ],
 )
 def test_only_useful_trial_lines_are_echoed(line, echoed):
-    assert sweeps.is_echoed(line) is echoed
+    assert trial_process.is_echoed(line) is echoed
 
 
 def test_a_study_url_with_a_password_is_refused_without_showing_it():
     with pytest.raises(ValueError, match="PGPASSWORD") as error:
-        sweeps.check_no_password("postgresql+psycopg://mlpipe:s3cret@db:5432/optuna")
+        sweep_study.check_no_password("postgresql+psycopg://mlpipe:s3cret@db:5432/optuna")
     assert "s3cret" not in str(error.value)
-    sweeps.check_no_password("postgresql+psycopg://mlpipe@db:5432/optuna")
-    sweeps.check_no_password("sqlite:////tmp/optuna.db")
+    sweep_study.check_no_password("postgresql+psycopg://mlpipe@db:5432/optuna")
+    sweep_study.check_no_password("sqlite:////tmp/optuna.db")
