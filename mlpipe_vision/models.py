@@ -1,19 +1,19 @@
 """Network builders: shapes and hyperparameters in, an uncompiled Keras model out.
 
-Every network takes normalized float32 images (N, H, W, C), as the preprocess stage writes
-them, and returns softmax probabilities (N, classes). Nothing here trains, logs or touches
+Every network takes normalized float32 images (N, H, W, C) (training normalizes the uint8
+shards the preprocess stage writes as it reads them) and returns softmax probabilities
+(N, classes). Nothing here trains, logs or touches
 files; `mlpipe_vision.training` compiles and fits what these functions build.
 """
-
-from pathlib import Path
 
 import keras
 from keras.applications import vgg16
 
+from mlpipe_vision.train_parameters import vgg16_weights
+
 # VGG16's five pooling stages need at least 32x32 pixels.
 VGG16_MIN_SIZE = 32
 VGG16_TOP_BLOCK = "block5"
-VGG16_WEIGHTS = ("imagenet", "none")
 BATCH_NORM_MOMENTUM = 0.9
 
 
@@ -122,29 +122,6 @@ def build_convolutional_network(
     return keras.Model(inputs, outputs, name=f"cnn_{convolutions}x{conv_filters}")
 
 
-def resolve_vgg16_weights(weights: str) -> str | None:
-    """Turn the `weights` parameter into what `keras.applications.VGG16` expects.
-
-    Args:
-        weights: "imagenet", "none", or the path of a weights file (.h5 or .weights.h5).
-
-    Returns:
-        "imagenet", None, or the path.
-
-    Raises:
-        ValueError: If it is none of these or the file does not exist.
-    """
-    choice = weights.strip()
-    if choice.lower() in VGG16_WEIGHTS:
-        return None if choice.lower() == "none" else "imagenet"
-    if not Path(choice).is_file():
-        raise ValueError(
-            f"weights must be imagenet, none or the path of a weights file; {weights!r} is "
-            "not an existing file"
-        )
-    return choice
-
-
 def vgg16_input_pixels(
     inputs: keras.KerasTensor, image_shape: tuple[int, int, int], normalization: dict
 ) -> keras.KerasTensor:
@@ -205,7 +182,7 @@ def build_vgg16_transfer(
             f"{channels} channel(s)"
         )
     check_head(num_classes, dense_units, dropout_rate)
-    keras_weights = resolve_vgg16_weights(weights)
+    keras_weights = vgg16_weights(weights)
     inputs = keras.Input(shape=tuple(image_shape), name="image")
     pixels = vgg16_input_pixels(inputs, image_shape, normalization)
     try:
