@@ -1,4 +1,4 @@
-"""Small helpers shared by the stage scripts' command lines."""
+"""The stage scripts' command lines: argument types, and user errors as one clear line."""
 
 import argparse
 import contextlib

@@ -1,7 +1,10 @@
 """Training: the tf.data pipeline, devices, per-epoch MLflow logging, plots, and the train stage.
 
-The functions above `run_train` work on arrays and models; `run_train` is the MLflow edge
-that reads a `preprocessed/` artifact, trains, and logs metrics, plots and the model.
+The functions above "the stage" work on arrays and models. The stage reads like its steps:
+`run_train` opens the `preprocessed/` artifact (`mlpipe_vision.artifacts`) and checks the
+parameters (`TrainParameters`), `prepare` builds the pipelines and the network, `log_setup`
+logs what the run is, `fit` trains and logs every epoch, and `log_results` evaluates on the
+test split and logs the plots and the model.
 """
 
 import contextlib
