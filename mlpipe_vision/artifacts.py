@@ -74,9 +74,17 @@ BEST_RUN_TAG = "mlpipe.best_run_id"
 BEST_MODEL_TAG = "mlpipe.best_model_uri"
 BEST_TRIAL_TAG = "mlpipe.best_trial_number"
 BEST_PARAMETER_TAG_PREFIX = "mlpipe.best."
-# package: the train run it packaged and the registered version it made.
+# package: the train run it packaged, the registered version it made or reused.
 TRAIN_RUN_TAG = "mlpipe.train_run_id"
+PACKAGE_KEY_TAG = "mlpipe.package_key"  # on the version: its train run and meta.json
 REGISTERED_MODEL_TAG = "mlpipe.registered_model_uri"
+# Every stage run: the process it hangs on and its heartbeat (mlpipe_vision.liveness), and
+# why a later command closed it when that process was gone.
+HOST_TAG = "mlpipe.host"
+PID_TAG = "mlpipe.pid"
+PROCESS_STARTED_TAG = "mlpipe.process_started"
+HEARTBEAT_TAG = "mlpipe.heartbeat"
+CLOSED_BECAUSE_TAG = "mlpipe.closed_because"
 # main: the run of each stage it chained, `mlpipe.run.<entry point>`.
 STAGE_RUN_TAG_PREFIX = "mlpipe.run."
 
@@ -149,6 +157,11 @@ def resolve_artifact_dir(
     """
     if not uri or not uri.strip():
         raise ValueError(f"no input URI given; expected {produced_by}")
+    scheme = urllib.parse.urlparse(uri).scheme
+    if scheme == "file" or (not scheme and "/" in uri):
+        path = Path(local_file_uri_to_path(uri)) if scheme else Path(uri)
+        if not path.exists():
+            raise ValueError(f"{uri!r}: {path} does not exist; expected {produced_by}")
     local_dir = Path(uri) if os.path.isdir(uri) else local_artifact_dir(uri)
     if local_dir is None:
         if "://" not in uri and ":/" not in uri:
@@ -184,6 +197,28 @@ def read_json_artifact(uri: str) -> dict:
 # ---------------------------------------------------------------------- dataset/ (get_data)
 
 
+def written_by(meta: dict) -> str:
+    """The stage whose artifact a meta.json describes: "preprocess" or "get_data".
+
+    A `preprocessed/` meta.json holds the normalization; a `dataset/` one does not.
+    """
+    return "preprocess" if "normalization" in meta else "get_data"
+
+
+def check_kind(uri: str, meta: dict, expected: str, reader: str) -> None:
+    """Refuse another stage's artifact, saying which stage made it and what `reader` reads.
+
+    Raises:
+        ValueError: If the artifact was not written by the `expected` stage.
+    """
+    found = written_by(meta)
+    if found == expected:
+        return
+    made = {"preprocess": "a preprocess output", "get_data": "a get_data output (dataset/)"}
+    wanted = {"preprocess": "a preprocess run's preprocessed/", "get_data": DATASET_FROM}
+    raise ValueError(f"{uri!r} is {made[found]}; {reader} reads {wanted[expected]}")
+
+
 def read_dataset_meta(dataset_dir: Path) -> dict:
     """Read a `dataset/` folder's meta.json and check it lists shards."""
     meta = json.loads((Path(dataset_dir) / META_FILE).read_text())
@@ -193,14 +228,26 @@ def read_dataset_meta(dataset_dir: Path) -> dict:
 
 
 @contextlib.contextmanager
-def open_dataset(data_uri: str) -> Iterator[tuple[Path, dict]]:
+def open_dataset(data_uri: str, reader: str) -> Iterator[tuple[Path, dict]]:
     """Make a `dataset/` URI (or local folder) available on disk: yields (folder, meta).
 
-    A downloaded copy lives in a temporary folder until the `with` block ends.
+    The shards are verified first (`shards.verify`). A downloaded copy lives in a temporary
+    folder until the `with` block ends.
+
+    Args:
+        data_uri: The URI.
+        reader: The stage that reads it, for messages ("explore_data", "preprocess").
+
+    Raises:
+        ValueError: If the URI holds no `dataset/`, another stage's artifact, or a damaged one.
     """
     with tempfile.TemporaryDirectory(prefix="mlpipe_dataset_") as download_dir:
         dataset_dir = resolve_artifact_dir(data_uri, META_FILE, DATASET_FROM, dst_path=download_dir)
-        yield dataset_dir, read_dataset_meta(dataset_dir)
+        meta = json.loads((dataset_dir / META_FILE).read_text())
+        check_kind(data_uri, meta, "get_data", reader)
+        meta = read_dataset_meta(dataset_dir)
+        shards.verify(dataset_dir, meta, "get_data")
+        yield dataset_dir, meta
 
 
 # ----------------------------------------------------------------- stats.json (explore_data)
@@ -237,22 +284,31 @@ def read_preprocessed_meta(preprocessed_dir: Path) -> dict:
 
 
 @contextlib.contextmanager
-def open_preprocessed(data: str) -> Iterator[tuple[Path, dict]]:
+def open_preprocessed(data: str, reader: str) -> Iterator[tuple[Path, dict]]:
     """Make a `preprocessed/` URI (or folder) available on disk: yields (folder, meta).
 
-    A downloaded copy lives in a temporary folder until the `with` block ends.
+    The shards are verified first (`shards.verify`). A downloaded copy lives in a temporary
+    folder until the `with` block ends.
+
+    Args:
+        data: The URI.
+        reader: The stage that reads it, for messages ("train", "train_batch").
 
     Raises:
-        ValueError: If the URI does not hold a preprocessed artifact.
+        ValueError: If the URI holds no `preprocessed/`, another stage's artifact, or a
+            damaged one.
     """
     with tempfile.TemporaryDirectory(prefix="mlpipe_preprocessed_") as download_dir:
         preprocessed_dir = resolve_artifact_dir(
             data, META_FILE, PREPROCESSED_FROM, dst_path=download_dir
         )
+        meta = json.loads((preprocessed_dir / META_FILE).read_text())
+        check_kind(data, meta, "preprocess", reader)
         try:
             meta = read_preprocessed_meta(preprocessed_dir)
         except ValueError as error:
             raise ValueError(f"{data!r}: {error}; expected {PREPROCESSED_FROM}") from error
+        shards.verify(preprocessed_dir, meta, "preprocess")
         yield preprocessed_dir, meta
 
 

@@ -4,6 +4,7 @@ import argparse
 import contextlib
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable
 
@@ -11,8 +12,9 @@ import mlflow
 import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from mlpipe_vision import artifacts
+from mlpipe_vision import artifacts, lineage, liveness
 from mlpipe_vision.console import quiet_console
 
 
@@ -90,9 +92,13 @@ def run_or_exit(stage: Callable[..., object], **arguments: object) -> None:
         **arguments: Its arguments, as parsed from the command line.
     """
     quiet_console()
+    liveness.raise_on_sigterm()
     try:
         check_tracking_server()
+        watch_and_clean_up()
         stage(**arguments)
+    except KeyboardInterrupt as error:
+        report_stopped(error)
     except (ValueError, MlflowException, StageFailedError) as error:
         if os.environ.get("MLPIPE_DEBUG") == "1":
             raise
@@ -107,6 +113,43 @@ def run_or_exit(stage: Callable[..., object], **arguments: object) -> None:
         if not isinstance(error, TrackingServerDownError):
             record_error(message)
         sys.exit(1)
+
+
+def watch_and_clean_up() -> None:
+    """Record and watch this stage's run; close what killed commands left RUNNING.
+
+    Under `mlflow run` the run exists before the stage starts (MLFLOW_RUN_ID); run without
+    it, the stage's run is watched once `lineage.start_stage_run` creates it.
+    """
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    alive = set()
+    if run_id:
+        liveness.watch(run_id)
+        client = MlflowClient()
+        while run_id and run_id not in alive:  # this run and the runs it is nested in
+            alive.add(run_id)
+            run_id = client.get_run(run_id).data.tags.get(MLFLOW_PARENT_RUN_ID)
+    liveness.close_dead_runs(os.environ.get("MLFLOW_EXPERIMENT_ID", "0"), alive)
+
+
+def report_stopped(error: KeyboardInterrupt) -> None:
+    """Ctrl-C, SIGTERM or the `mlflow run` gone: mark the run KILLED, say so in one line."""
+    # `mlflow run` cancels its stage with SIGTERM as it gets the same Ctrl-C: let that not
+    # interrupt this last step.
+    for name in ("SIGINT", "SIGTERM"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    reason = str(error) if isinstance(error, liveness.StoppedError) else "Ctrl-C"
+    run_id = liveness.watched_run()
+    if run_id:
+        with contextlib.suppress(MlflowException):
+            MlflowClient().set_terminated(run_id, "KILLED")
+    if not lineage.is_chained():  # under main, main says it once
+        shown = f"run {run_id} closed" if run_id else "nothing was logged"
+        print(
+            f"stopped ({reason}): {shown}. The same command resumes: finished stages are reused",
+            file=sys.stderr,
+        )
+    sys.exit(130)
 
 
 def check_tracking_server(timeout_seconds: float = 10.0) -> None:

@@ -25,6 +25,9 @@ from mlpipe_vision import artifacts, console, fetch, lineage, shards
 
 DATASET_NAMES = ("mnist", "fashion_mnist", "malaria", "image_dir")
 
+# Larger squares than this are a mistake, not a dataset: 4096x4096 RGB is 48 MB an image.
+MAX_IMAGE_SIZE = 4096
+
 
 @dataclass
 class Dataset:
@@ -140,6 +143,23 @@ def read_dataset(dataset_dir: Path) -> Dataset:
     )
 
 
+def check_parameters(image_size: int, channels: int | None, test_fraction: float) -> None:
+    """Refuse impossible get_data parameters before any file is read.
+
+    Raises:
+        ValueError: Naming the bad value and what would be right.
+    """
+    if not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise ValueError(
+            f"image_size must be a whole number from 1 to {MAX_IMAGE_SIZE} (pixels of the "
+            f"square images are fitted into), got {image_size}"
+        )
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1, 3 or 0 (decide from the images), got {channels}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+
+
 def write_dataset(
     dataset: str,
     dataset_dir: Path,
@@ -173,6 +193,8 @@ def write_dataset(
     # Imported here, not at the top: each source module builds on this module's `Dataset`
     # and `write_meta`, so importing them above would be circular.
     from mlpipe_vision import idx_files, image_folders, tfds_malaria
+
+    check_parameters(image_size, channels, test_fraction)
 
     if dataset in idx_files.IDX_DATASETS:
         return save_dataset(

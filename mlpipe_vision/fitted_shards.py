@@ -64,6 +64,7 @@ class FittedImageWriter:
                 with np.load(path) as data:
                     gray, labels = data["images"][..., :1], data["labels"]
                 np.savez(path, images=np.ascontiguousarray(gray), labels=labels)
+                record.update(shards.file_record(path))
         return split_shards, 1
 
 

@@ -20,7 +20,7 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_USER,
 )
 
-from mlpipe_vision import artifacts
+from mlpipe_vision import artifacts, liveness
 
 CHAINED_VARIABLE = "MLPIPE_CHAINED"
 # Set inside the training image (Dockerfile, Makefile's docker-run): the commit its own code
@@ -56,6 +56,7 @@ def start_stage_run(stage: str, input_uri: str | None = None, name: str = "") ->
     if input_uri and artifacts.TRIAL_NUMBER_TAG not in run.data.tags:
         mlflow.set_tag(artifacts.INPUT_URI_TAG, input_uri)
     record_container(run)
+    liveness.watch(run.info.run_id)
     return run
 
 

@@ -8,6 +8,7 @@ requirements (`mlpipe_vision.environment`), so it serves on any machine MLflow c
 environment on.
 """
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -27,10 +28,12 @@ from mlpipe_vision import (
     console,
     environment,
     lineage,
+    liveness,
     models,
     pyfunc_model,
     request_bodies,
     serving,
+    shards,
 )
 from mlpipe_vision.preprocessing import make_normalization
 
@@ -180,28 +183,35 @@ def input_example(meta: dict, sample: np.ndarray | None) -> pd.DataFrame | np.nd
     return image[np.newaxis].astype(np.int64)
 
 
-def sample_test_image(preprocessed_uri: str | None, client: MlflowClient) -> np.ndarray | None:
-    """A raw test image of the dataset the model was trained on, found through lineage."""
-    if not (preprocessed_uri or "").startswith("runs:/"):
-        return None
-    preprocess_run = client.get_run(artifacts.parse_runs_uri(preprocessed_uri)[0])
-    dataset_uri = preprocess_run.data.tags.get(artifacts.INPUT_URI_TAG)
-    if not dataset_uri:
+def sample_test_image(preprocessed_uri: str | None) -> np.ndarray | None:
+    """A raw test image of the data the model was trained on, for the input example.
+
+    Only meta.json and the first test shard are fetched, not the whole artifact.
+    """
+    if not preprocessed_uri:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = mlflow.artifacts.download_artifacts(f"{dataset_uri}/test.npz", dst_path=tmp)
-        except (MlflowException, OSError):
-            return None
-        with np.load(path) as test_split:
-            return test_split["images"][0]
+            meta = artifacts.read_json_artifact(f"{preprocessed_uri}/{artifacts.META_FILE}")
+            first = shards.split_shards(meta, "test")[0]
+            path = mlflow.artifacts.download_artifacts(
+                f"{preprocessed_uri}/{first['file']}", dst_path=tmp
+            )
+            return shards.load(Path(path).parent, first, "images")[0]
+        except (ValueError, MlflowException, OSError, IndexError):
+            return None  # the example is a convenience: without it, a blank image
 
 
 def save_model_files(meta: dict, keras_model_uri: str, artifacts_dir: Path) -> dict[str, str]:
     """Write the network and meta.json that the pyfunc loads; return the artifacts mapping."""
     import mlflow.keras
 
-    network = models.as_float32(mlflow.keras.load_model(keras_model_uri))
+    # Downloaded into artifacts_dir, which the caller removes: MLflow's own download folder
+    # for load_model(uri) is a temporary folder that nobody removes (7.8 MB a package run).
+    local_model = mlflow.artifacts.download_artifacts(
+        keras_model_uri, dst_path=str(artifacts_dir / "keras_model")
+    )
+    network = models.as_float32(mlflow.keras.load_model(local_model))
     network_path = artifacts_dir / "network.keras"
     network.save(network_path)
     meta_path = artifacts_dir / "meta.json"
@@ -224,6 +234,60 @@ def save_to_folder(output_dir: str, **model_arguments: object) -> None:
             )
         shutil.rmtree(target)
     mlflow.pyfunc.save_model(path=str(target), **model_arguments)
+
+
+def package_key(train_run_id: str, meta: dict) -> str:
+    """What makes two packagings the same: the train run and the pyfunc's meta.json.
+
+    meta.json holds the normalization, the class names and the input shape.
+    """
+    record = json.dumps({"train_run_id": train_run_id, "meta": meta}, sort_keys=True)
+    return hashlib.sha256(record.encode()).hexdigest()[:16]
+
+
+def registered_versions(client: MlflowClient, name: str, key: str) -> list:
+    """The versions of `name` registered with this package key, oldest first."""
+    if not client.search_registered_models(f"name = '{name}'"):
+        return []
+    versions = client.search_model_versions(f"name = '{name}'")
+    same = [v for v in versions if v.tags.get(artifacts.PACKAGE_KEY_TAG) == key]
+    return sorted(same, key=lambda version: int(version.version))
+
+
+def register_once(client: MlflowClient, name: str, model_uri: str, tags: dict) -> str:
+    """Register the logged pyfunc as a version of `name`, unless its package key has one.
+
+    Two packagings of the same thing at once (two `main`s) may both register; each then
+    keeps the oldest version with the key and deletes its own newer one, so one remains.
+    The key is tagged on the version as it is created, so each sees the other's.
+
+    Returns:
+        The version number.
+    """
+    liveness.stop_if_stopped()  # nothing is registered after the user stopped the command
+    registered = mlflow.register_model(model_uri, name, tags=tags)
+    oldest = registered_versions(client, name, tags[artifacts.PACKAGE_KEY_TAG])[0]
+    if oldest.version != registered.version:
+        client.delete_model_version(name, registered.version)
+    return str(oldest.version)
+
+
+def reuse_version(
+    client: MlflowClient, name: str, alias: str, version: str, train_run_id: str
+) -> str:
+    """Point `alias` at the version that already packages this train run so; say so.
+
+    Returns:
+        The `models:/<name>@<alias>` URI.
+    """
+    liveness.stop_if_stopped()
+    client.set_registered_model_alias(name, alias, version)
+    registered_uri = f"models:/{name}@{alias}"
+    print(
+        f"{name} version {version} already packages train run {train_run_id} with this "
+        f"normalization: reused, not registered again; {registered_uri} points at it"
+    )
+    return registered_uri
 
 
 def run_package(
@@ -251,7 +315,11 @@ def run_package(
     trained = resolve_trained_model(model, client)
     meta = find_model_meta(trained, mean, std)
     name = registered_model_name or f"{meta['dataset']}_classifier"
-    sample = sample_test_image(trained.preprocessed_uri, client)
+    key = package_key(trained.train_run_id, meta)
+    already = [] if output_dir else registered_versions(client, name, key)
+    if already:
+        return reuse_version(client, name, alias, already[0].version, trained.train_run_id)
+    sample = sample_test_image(trained.preprocessed_uri)
     with (
         lineage.start_stage_run(
             "package", input_uri=trained.keras_model_uri, name=f"package {name}"
@@ -274,10 +342,13 @@ def run_package(
             "signature": output_signature(meta["class_names"]),
             "input_example": input_example(meta, sample),
         }
-        model_info = mlflow.pyfunc.log_model(
-            name="model", registered_model_name=name, **model_arguments
-        )
-        version = model_info.registered_model_version
+        model_info = mlflow.pyfunc.log_model(name="model", **model_arguments)
+        version_tags = {
+            artifacts.TRAIN_RUN_TAG: trained.train_run_id,
+            artifacts.PACKAGE_KEY_TAG: key,
+        }
+        version = register_once(client, name, model_info.model_uri, version_tags)
+        liveness.stop_if_stopped()
         client.set_registered_model_alias(name, alias, version)
         if output_dir:
             save_to_folder(output_dir, **model_arguments)

@@ -220,7 +220,7 @@ def run_preprocess(
         The `runs:/<run_id>/preprocessed` URI.
     """
     with (
-        artifacts.open_dataset(data) as (dataset_dir, dataset_meta),
+        artifacts.open_dataset(data, "preprocess") as (dataset_dir, dataset_meta),
         tempfile.TemporaryDirectory(prefix="mlpipe_preprocess_") as tmp,
     ):
         normalization, origin = resolve_normalization(dataset_dir, dataset_meta, mean, std, stats)

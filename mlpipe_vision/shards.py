@@ -10,12 +10,19 @@ the same `images.normalize` the served model uses.
 get_data writes every split in a seeded random order, so every shard is a random sample of
 its split and a stage that reads shards in order (or picks them in random order, as training
 does) sees the classes mixed.
+
+Each shard's record holds its size and SHA-256, computed as it is written; `verify` checks
+them before a stage spends time on the data, so a truncated or corrupt file stops the stage
+at once with one line instead of a TensorFlow error after training.
 """
 
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from mlpipe_vision import fetch
 
 SHARD_BYTES = 64 * 2**20
 FORMAT = "npz shards of uint8 images"
@@ -65,7 +72,10 @@ class ShardWriter:
             self._write(self.images_per_shard)
 
     def close(self) -> list[dict]:
-        """Write what is left; return the shard records ({"file", "count"}) for meta.json."""
+        """Write what is left; return the shard records for meta.json.
+
+        Each record is {"file", "count", "bytes", "sha256"}.
+        """
         if self._buffered:
             self._write(self._buffered)
         return self.shards
@@ -74,8 +84,9 @@ class ShardWriter:
         images = np.concatenate(self._images)
         labels = np.concatenate(self._labels)
         name = f"{self.split}-{len(self.shards):05d}.npz"
-        np.savez(self.folder / name, images=images[:count], labels=labels[:count])
-        self.shards.append({"file": name, "count": int(count)})
+        path = self.folder / name
+        np.savez(path, images=images[:count], labels=labels[:count])
+        self.shards.append({"file": name, "count": int(count), **file_record(path)})
         # Copies, not views: a view of the rest would keep the whole concatenation alive.
         self._images, self._labels = [images[count:].copy()], [labels[count:].copy()]
         self._buffered = len(labels) - count
@@ -87,7 +98,7 @@ def load(folder: Path, shard: dict, key: str) -> np.ndarray:
     try:
         with np.load(path) as data:
             array = data[key]
-    except (OSError, KeyError, ValueError, EOFError) as error:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(
             f"shard {path} is missing or corrupt ({type(error).__name__}: {error}); "
             "rerun the stage that wrote it"
@@ -98,6 +109,44 @@ def load(folder: Path, shard: dict, key: str) -> np.ndarray:
             "rerun the stage that wrote it"
         )
     return array
+
+
+def file_record(path: Path) -> dict:
+    """The size and SHA-256 of a written shard, for its meta.json record."""
+    return {"bytes": path.stat().st_size, "sha256": fetch.sha256_of_file(path)}
+
+
+def verify(folder: Path, meta: dict, written_by: str) -> None:
+    """Check that every shard meta.json lists is there, whole and unchanged.
+
+    Records without a size and checksum (artifacts from before they were recorded) are only
+    checked to exist.
+
+    Args:
+        folder: The artifact folder.
+        meta: Its meta.json.
+        written_by: The stage that wrote it, for the message ("get_data", "preprocess").
+
+    Raises:
+        ValueError: Naming the first missing, truncated or corrupt file and what to rerun.
+    """
+    for records in (meta.get("shards") or {}).values():
+        for record in records:
+            path = Path(folder) / record["file"]
+            rerun = f"rerun {written_by} (its run's artifact is damaged)"
+            if not path.is_file():
+                raise ValueError(f"shard {path} is missing; {rerun}")
+            size = path.stat().st_size
+            if "bytes" in record and size != record["bytes"]:
+                raise ValueError(
+                    f"shard {path} is {size} bytes, meta.json says {record['bytes']}: the file "
+                    f"is truncated or was changed; {rerun}"
+                )
+            if "sha256" in record and fetch.sha256_of_file(path) != record["sha256"]:
+                raise ValueError(
+                    f"shard {path} does not match the SHA-256 in meta.json: the file is "
+                    f"corrupt or was changed; {rerun}"
+                )
 
 
 def counts(split_shards: dict[str, list[dict]]) -> dict[str, int]:

@@ -194,7 +194,7 @@ def run_explore(data: str) -> dict:
     Returns:
         The statistics.
     """
-    with artifacts.open_dataset(data) as (dataset_dir, meta):
+    with artifacts.open_dataset(data, "explore_data") as (dataset_dir, meta):
         histogram, sample_images, sample_labels = scan_train_split(dataset_dir, meta)
         stats = compute_stats(dataset_dir, meta, histogram)
     name = f"explore_data {meta['dataset']}"

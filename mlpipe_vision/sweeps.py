@@ -465,7 +465,7 @@ def run_sweep(
     console.quiet_optuna()
     # A URI without preprocessed data fails here, before the study is opened. A remote one
     # is downloaded once, and every trial of this worker reads that copy.
-    with artifacts.open_preprocessed(data) as (data_dir, meta):
+    with artifacts.open_preprocessed(data, "train_batch") as (data_dir, meta):
         study, created = sweep_study.open_study(
             settings["study_name"], settings["study_storage"], settings["direction"]
         )

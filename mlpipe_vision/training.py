@@ -757,7 +757,7 @@ def run_train(data: str, parameters: TrainParameters | None = None) -> str:
     parameters = parameters or TrainParameters()
     parameters.check()
     # The preprocessed shards stay on disk (downloaded if remote) while training streams them.
-    with artifacts.open_preprocessed(data) as (preprocessed_dir, meta):
+    with artifacts.open_preprocessed(data, "train") as (preprocessed_dir, meta):
         prepared = prepare(preprocessed_dir, meta, parameters)
         model = prepared.model
         summary = model_summary(model)

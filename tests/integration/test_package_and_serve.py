@@ -17,7 +17,14 @@ import yaml
 from bench.memory import process_tree_peak_memory
 from mlpipe_vision import artifacts, datasets
 from mlpipe_vision.images import normalize
-from tests.conftest import PACKAGED_MODEL_NAME, REPO_DIR, mlflow_run, png_bomb, served_model
+from tests.conftest import (
+    PACKAGED_MODEL_NAME,
+    REPO_DIR,
+    mlflow_run,
+    mlflow_run_command,
+    png_bomb,
+    served_model,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +80,44 @@ def test_package_registers_a_code_model_with_alias(use_tracking, packaged):
     assert meta["class_names"] == [str(digit) for digit in range(10)]
     assert len(meta["normalization"]["mean"]) == 1
     assert version.run_id != packaged["train_run_id"]
+
+
+def test_packaging_the_same_train_run_again_reuses_its_version(use_tracking, packaged, tmp_path):
+    client = use_tracking["client"]
+    versions = client.search_model_versions(f"name = '{MODEL_NAME}'")
+    model = f"runs:/{packaged['train_run_id']}/model"
+    # Its own temporary folder, to see that package leaves nothing behind in it.
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    again = mlflow_run(
+        dict(use_tracking, env={"TMPDIR": str(temporary)}),
+        "package",
+        model=model,
+        registered_model_name=MODEL_NAME,
+    )
+    assert "reused, not registered again" in again["output"]
+    assert len(client.search_model_versions(f"name = '{MODEL_NAME}'")) == len(versions)
+    # `mlflow run` itself leaves an empty folder for its `path` parameters; no file stays.
+    assert not [path for path in temporary.rglob("*") if path.is_file()]
+
+
+def test_two_packagings_at_once_register_one_version(use_tracking, packaged):
+    client = use_tracking["client"]
+    model = f"runs:/{packaged['train_run_id']}/model"
+    commands = [
+        mlflow_run_command(use_tracking, "package", model=model, registered_model_name="raced")
+        for _ in range(2)
+    ]
+    processes = [
+        subprocess.Popen(command, env=env, cwd=REPO_DIR, stdout=subprocess.PIPE, text=True)
+        for command, env in commands
+    ]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    versions = client.search_model_versions("name = 'raced'")
+    assert len(versions) == 1, [(v.version, v.tags) for v in versions]
+    alias = client.get_model_version_by_alias("raced", "champion")
+    assert alias.version == versions[0].version
 
 
 def test_every_request_layout_is_answered(use_tracking, packaged, server):
