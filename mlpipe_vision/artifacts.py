@@ -197,31 +197,52 @@ def read_json_artifact(uri: str) -> dict:
 # ---------------------------------------------------------------------- dataset/ (get_data)
 
 
-def written_by(meta: dict) -> str:
-    """The stage whose artifact a meta.json describes: "preprocess" or "get_data".
+def written_by(meta: dict) -> str | None:
+    """The stage whose artifact a meta.json describes: "preprocess", "get_data" or None.
 
-    A `preprocessed/` meta.json holds the normalization; a `dataset/` one does not.
+    A `preprocessed/` meta.json holds the normalization; a `dataset/` one lists shards but no
+    normalization. Anything else is left to the checks of the stage reading it.
     """
-    return "preprocess" if "normalization" in meta else "get_data"
+    if "normalization" in meta:
+        return "preprocess"
+    return "get_data" if "shards" in meta else None
 
 
 def check_kind(uri: str, meta: dict, expected: str, reader: str) -> None:
     """Refuse another stage's artifact, saying which stage made it and what `reader` reads.
 
     Raises:
-        ValueError: If the artifact was not written by the `expected` stage.
+        ValueError: If the artifact was written by another stage than `expected`.
     """
     found = written_by(meta)
-    if found == expected:
+    if found in (None, expected):
         return
     made = {"preprocess": "a preprocess output", "get_data": "a get_data output (dataset/)"}
     wanted = {"preprocess": "a preprocess run's preprocessed/", "get_data": DATASET_FROM}
     raise ValueError(f"{uri!r} is {made[found]}; {reader} reads {wanted[expected]}")
 
 
+def read_meta(folder: Path, written_by: str) -> dict:
+    """An artifact's meta.json as a dict.
+
+    Raises:
+        ValueError: If it is missing or not JSON, naming the file and the stage to rerun.
+    """
+    path = Path(folder) / META_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"{path} is missing or corrupt ({first_line(error)}); rerun {written_by}"
+        ) from error
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds no meta.json record; rerun {written_by}")
+    return meta
+
+
 def read_dataset_meta(dataset_dir: Path) -> dict:
     """Read a `dataset/` folder's meta.json and check it lists shards."""
-    meta = json.loads((Path(dataset_dir) / META_FILE).read_text())
+    meta = read_meta(dataset_dir, "get_data")
     for split in meta.get("counts", {}):
         shards.split_shards(meta, split)
     return meta
@@ -243,8 +264,7 @@ def open_dataset(data_uri: str, reader: str) -> Iterator[tuple[Path, dict]]:
     """
     with tempfile.TemporaryDirectory(prefix="mlpipe_dataset_") as download_dir:
         dataset_dir = resolve_artifact_dir(data_uri, META_FILE, DATASET_FROM, dst_path=download_dir)
-        meta = json.loads((dataset_dir / META_FILE).read_text())
-        check_kind(data_uri, meta, "get_data", reader)
+        check_kind(data_uri, read_meta(dataset_dir, "get_data"), "get_data", reader)
         meta = read_dataset_meta(dataset_dir)
         shards.verify(dataset_dir, meta, "get_data")
         yield dataset_dir, meta
@@ -272,12 +292,7 @@ def read_preprocessed_meta(preprocessed_dir: Path) -> dict:
     Raises:
         ValueError: If meta.json is missing or lists no shards (an older artifact).
     """
-    try:
-        meta = json.loads((Path(preprocessed_dir) / META_FILE).read_text())
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"{preprocessed_dir} has no readable meta.json ({first_line(error)}); rerun preprocess"
-        ) from error
+    meta = read_meta(preprocessed_dir, "preprocess")
     for split in PREPROCESSED_SPLITS:
         shards.split_shards(meta, split)
     return meta
@@ -302,8 +317,7 @@ def open_preprocessed(data: str, reader: str) -> Iterator[tuple[Path, dict]]:
         preprocessed_dir = resolve_artifact_dir(
             data, META_FILE, PREPROCESSED_FROM, dst_path=download_dir
         )
-        meta = json.loads((preprocessed_dir / META_FILE).read_text())
-        check_kind(data, meta, "preprocess", reader)
+        check_kind(data, read_meta(preprocessed_dir, "preprocess"), "preprocess", reader)
         try:
             meta = read_preprocessed_meta(preprocessed_dir)
         except ValueError as error:

@@ -211,7 +211,13 @@ def save_model_files(meta: dict, keras_model_uri: str, artifacts_dir: Path) -> d
     local_model = mlflow.artifacts.download_artifacts(
         keras_model_uri, dst_path=str(artifacts_dir / "keras_model")
     )
-    network = models.as_float32(mlflow.keras.load_model(local_model))
+    try:
+        network = models.as_float32(mlflow.keras.load_model(local_model))
+    except Exception as error:  # a damaged file fails in any of Keras' or h5py's errors
+        raise ValueError(
+            f"the Keras model at {keras_model_uri} cannot be loaded ({console.first_line(error)});"
+            " it is damaged: rerun train"
+        ) from error
     network_path = artifacts_dir / "network.keras"
     network.save(network_path)
     meta_path = artifacts_dir / "meta.json"
