@@ -26,14 +26,14 @@ the same command after a kill (or with a larger n_trials) skips finished trials.
 
 import argparse
 
-from mlpipe_vision import train_parameters
+from mlpipe_vision import cli, train_parameters
 from mlpipe_vision.cli import run_or_exit
 from mlpipe_vision.console import native_stderr_silenced
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with the same names and defaults as the MLproject entry point."""
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(

@@ -12,13 +12,13 @@ Next:   mlflow run . -e explore_data -P data=runs:/<this run>/dataset --env-mana
 
 import argparse
 
-from mlpipe_vision import datasets
+from mlpipe_vision import cli, datasets
 from mlpipe_vision.cli import optional_int, run_or_exit, str_to_bool
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with the same names and defaults as the MLproject entry point."""
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(

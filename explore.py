@@ -11,13 +11,13 @@ Next:   mlflow run . -e preprocess -P data=<same URI> -P stats=runs:/<this run>/
 
 import argparse
 
-from mlpipe_vision import stats
+from mlpipe_vision import cli, stats
 from mlpipe_vision.cli import run_or_exit
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with the same names as the MLproject entry point."""
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(

@@ -13,13 +13,13 @@ Ends by printing the `mlflow models serve` and curl commands for the registered 
 
 import argparse
 
-from mlpipe_vision import workflow
+from mlpipe_vision import cli, workflow
 from mlpipe_vision.cli import run_or_exit, str_to_bool
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with the same names and defaults as the MLproject entry point."""
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dataset", default="fashion_mnist", help="dataset for get_data")

@@ -13,13 +13,14 @@ Next:   mlflow models serve -m models:/<name>@<alias> -p 5000 --env-manager loca
 
 import argparse
 
+from mlpipe_vision import cli
 from mlpipe_vision.cli import optional_float, run_or_exit
 from mlpipe_vision.console import native_stderr_silenced
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with the same names and defaults as the MLproject entry point."""
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(

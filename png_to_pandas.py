@@ -21,7 +21,7 @@ Next:   the printed curl command sends the file to a model served with
 import argparse
 import sys
 
-from mlpipe_vision import request_bodies
+from mlpipe_vision import cli, request_bodies
 
 
 def image_size(value: str) -> tuple[int, int]:
@@ -44,7 +44,7 @@ def image_size(value: str) -> tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("images", nargs="+", help="PNG/JPEG files; all go into one request")

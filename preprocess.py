@@ -12,13 +12,13 @@ Next:   mlflow run . -e train -P data=runs:/<this run>/preprocessed --env-manage
 
 import argparse
 
-from mlpipe_vision import preprocessing
+from mlpipe_vision import cli, preprocessing
 from mlpipe_vision.cli import fraction, optional_float, run_or_exit
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with the same names and defaults as the MLproject entry point."""
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(

@@ -18,14 +18,14 @@ builds VGG16 transfer learning (frozen base, optional fine-tuning of its top blo
 
 import argparse
 
-from mlpipe_vision import train_parameters
+from mlpipe_vision import cli, train_parameters
 from mlpipe_vision.cli import run_or_exit, str_to_bool
 from mlpipe_vision.console import native_stderr_silenced
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: `data` and every field of TrainParameters, as in MLproject."""
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(

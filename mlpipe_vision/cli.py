@@ -31,6 +31,17 @@ class TrackingServerDownError(ValueError):
 DOCKER_ENV_LOCAL_STORE = "/mlflow/tmp/mlruns"
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line like every other error of a stage.
+
+    argparse prints the whole usage before its error; `--help` still shows it.
+    """
+
+    def error(self, message: str) -> None:
+        """Print `error: <script>: <message>` and exit 2, as argparse does."""
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
 def str_to_bool(value: str) -> bool:
     """Parse a command-line boolean the way MLproject parameters are written.
 

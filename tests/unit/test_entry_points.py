@@ -92,3 +92,21 @@ def test_mlproject_train_parameters_are_the_schema():
         assert default == expected, field.name
     swept = list(ENTRY_POINTS["train_batch"]["parameters"])[1 : 1 + len(train_parameters.types())]
     assert swept == list(train_parameters.types())
+
+
+@pytest.mark.parametrize(
+    ("script", "arguments", "message"),
+    [
+        ("preprocess.py", ["--data", "x", "--validation_fraction", "1.5"], "expected a number"),
+        ("train.py", ["--data", "x", "--epochs", "ten"], "invalid int value: 'ten'"),
+        ("download.py", ["--verify", "maybe"], "expected true or false"),
+    ],
+)
+def test_a_bad_argument_is_one_line(script, arguments, message):
+    completed = subprocess.run(
+        [sys.executable, script, *arguments], cwd=REPO_DIR, capture_output=True, text=True
+    )
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {script}: argument --"), lines
+    assert message in lines[0]
