@@ -218,7 +218,15 @@ def run_preprocess(
 
     Returns:
         The `runs:/<run_id>/preprocessed` URI.
+
+    Raises:
+        ValueError: For impossible settings or data, before anything is written.
     """
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(
+            f"validation_fraction must be between 0 and 1 (exclusive; 1 would leave no "
+            f"training images), got {validation_fraction}"
+        )
     with (
         artifacts.open_dataset(data, "preprocess") as (dataset_dir, dataset_meta),
         tempfile.TemporaryDirectory(prefix="mlpipe_preprocess_") as tmp,

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from mlpipe_vision import artifacts, datasets, shards
+from mlpipe_vision import artifacts, datasets, preprocessing, shards
 
 
 def write_dataset_folder(folder, count=40):
@@ -111,3 +111,8 @@ def test_impossible_get_data_parameters_are_refused(arguments, message):
     with pytest.raises(ValueError, match=message):
         datasets.check_parameters(*arguments)
     datasets.check_parameters(100, 3, 0.2)
+
+
+def test_a_validation_fraction_that_leaves_no_training_images_is_refused():
+    with pytest.raises(ValueError, match="1 would leave no training images"):
+        preprocessing.run_preprocess("runs:/unused/dataset", validation_fraction=1.0)
