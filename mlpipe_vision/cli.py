@@ -149,14 +149,7 @@ def report_stopped(error: KeyboardInterrupt) -> None:
     # interrupt this last step.
     for name in ("SIGINT", "SIGTERM"):
         signal.signal(getattr(signal, name), signal.SIG_IGN)
-    reason = "Ctrl-C"
-    # A SIGTERM that `mlflow run` sent while a Ctrl-C was unwinding names the signal; the
-    # user pressed Ctrl-C.
-    cause: BaseException | None = error
-    while isinstance(cause, liveness.StoppedError):
-        reason, cause = str(cause), cause.__context__
-    if isinstance(cause, KeyboardInterrupt):
-        reason = "Ctrl-C"
+    reason = str(error) if isinstance(error, liveness.StoppedError) else "Ctrl-C"
     run_id = liveness.watched_run()
     if run_id:
         with contextlib.suppress(MlflowException):

@@ -33,6 +33,11 @@ def quiet_console() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+    # On Ctrl-C the stage says what stopped and how to resume (cli.report_stopped); the
+    # `mlflow run` that main starts each stage with would say it was interrupted as well.
+    logging.getLogger("mlflow.projects").addFilter(
+        lambda record: "interrupted, cancelling run" not in record.getMessage()
+    )
 
 
 def quiet_optuna() -> None:

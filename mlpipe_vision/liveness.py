@@ -207,14 +207,29 @@ def stop_if_stopped() -> None:
 
 
 def raise_on_sigterm() -> None:
-    """Turn SIGTERM into StoppedError, a KeyboardInterrupt.
+    """Turn SIGTERM into StoppedError, a KeyboardInterrupt, and note a Ctrl-C when one comes.
 
     `mlflow run` sends SIGTERM to a stage it cancels; so the stage cleans up and its run is
-    closed as when the user presses Ctrl-C.
+    closed as when the user presses Ctrl-C. On Ctrl-C the terminal interrupts every process
+    of the command at once, and `mlflow run` cancels its stage with SIGTERM meanwhile: the
+    note says what the user did.
     """
 
-    def handler(signum: int, frame: object) -> None:
-        raise StoppedError(stopped_reason() or f"signal {signal.Signals(signum).name}")
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise StoppedError(
+            "Ctrl-C"
+            if ctrl_c.is_set()
+            else stopped_reason() or f"signal {signal.Signals(signum).name}"
+        )
+
+    def on_sigint(signum: int, frame: object) -> None:
+        ctrl_c.set()
+        raise KeyboardInterrupt
 
     with contextlib.suppress(ValueError):  # only the main thread may set handlers
-        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGTERM, on_sigterm)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, on_sigint)
+
+
+ctrl_c = threading.Event()

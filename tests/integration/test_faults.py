@@ -4,6 +4,7 @@ before any work is done."""
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -276,3 +277,25 @@ def test_killing_only_main_stops_every_stage_and_registers_nothing(store, idx_mi
     started.finish()
     assert not store["client"].search_registered_models()
     assert "RUNNING" not in statuses(store).values(), statuses(store)
+    runs = store["client"].search_runs([store["experiment_id"]])
+    stopped = {run.data.tags.get("mlpipe.stage"): run.info.status for run in runs}
+    # Each stage marks its run KILLED; main's in-process `mlflow run` of train, interrupted
+    # too, may then record FAILED over it (MLflow 3.17's _maybe_set_run_terminated).
+    assert {stopped["main"], stopped["train"]} <= {"KILLED", "FAILED"}, stopped
+
+
+def test_ctrl_c_of_main_is_our_line_and_mlflows_two(store, idx_mirror_dir):
+    started = Started(
+        store, "main", dataset="mnist", source=idx_mirror_dir, verify="false", epochs=200
+    )
+    started.wait_for("Epoch 2/")
+    before = len(started.lines)
+    os.killpg(started.process.pid, signal.SIGINT)
+    output = started.finish().splitlines()[before:]
+    # Keras may finish the line of the epoch it was in.
+    after = [line for line in output if line.strip() and not re.match(r"Epoch \d|\d+/\d+ ", line)]
+    ours = [line for line in after if line.startswith("stopped (Ctrl-C): run ")]
+    assert len(ours) == 1, after
+    # The rest is the top `mlflow run`'s own: its "interrupted" log line and click's Aborted!.
+    assert len(after) <= 3, after
+    assert "Traceback" not in "\n".join(after)
