@@ -39,6 +39,9 @@ DATASET = "dataset"
 STATS = "stats.json"
 PREPROCESSED = "preprocessed"
 MODEL = "model"
+# The train run's Keras BackupAndRestore files, logged after every epoch (see resume.py).
+CHECKPOINT = "checkpoint"
+CHECKPOINT_META_FILE = "training_metadata.json"
 META_FILE = "meta.json"
 FILES_FILE = "files.json"
 PREPROCESSED_SPLITS = ("train", "validation", "test")
@@ -63,6 +66,10 @@ DTYPE_POLICY_TAG = "mlpipe.dtype_policy"
 POSITIVE_CLASS_TAG = "mlpipe.positive_class"
 WARNING_TAG = "mlpipe.warning"
 TRAINING_STEPS_TAG = "mlpipe.training_steps"
+# What a train run trains (its data and parameters), so a later one can resume it.
+TRAIN_KEY_TAG = "mlpipe.train_key"
+RESUMED_FROM_TAG = "mlpipe.resumed_from"
+RESUMED_AT_EPOCH_TAG = "mlpipe.resumed_at_epoch"
 # train_batch: the trial a child run is, the sweep's settings as resolved, its best trial.
 TRIAL_NUMBER_TAG = "mlpipe.trial_number"
 SWEEP_WORKER_TAG = "mlpipe.sweep_worker_of"

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from mlpipe_vision import (  # noqa: E402
     environment,
     lineage,
     models,
+    resume,
     shards,
     train_parameters,
 )
@@ -62,6 +64,8 @@ AUGMENTATIONS = {
 }
 DEFAULT_AUGMENTATIONS = ("horizontal_flip", "shift")
 SHIFT_FRACTION = 0.1
+# Batches made ahead of the one training uses (see make_dataset).
+PREFETCH_BATCHES = 2
 
 
 # ------------------------------------------------------------------------------ devices
@@ -138,6 +142,23 @@ def build_augmentation(names: tuple[str, ...], seed: int) -> keras.Sequential:
     return keras.Sequential(layers, name="augmentation")
 
 
+class EpochClock(keras.callbacks.Callback):
+    """The epoch Keras is training, for the training pipeline's shuffle.
+
+    The pipeline shuffles by (seed, epoch) rather than by how often it was iterated, so a
+    training resumed at epoch 3 sees the same order as an uninterrupted one does there.
+    Keras starts each epoch's iterator after `on_epoch_begin`, so the epoch is set in time.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Record the epoch that begins."""
+        self.epoch = epoch
+
+
 def make_dataset(
     folder: Path,
     meta: dict,
@@ -146,17 +167,21 @@ def make_dataset(
     batch_size: int,
     shuffle_seed: int | None = None,
     augmentation: keras.Sequential | None = None,
+    clock: EpochClock | None = None,
 ) -> tf.data.Dataset:
     """A tf.data pipeline of (normalized images, one-hot labels) batches, streamed from shards.
 
     Each shard is read in one NumPy call (`shards.load`) and, for training, put in a random
-    order; shards come in a random order too, both anew every epoch. Batches are cut from the
-    shard and `rebatch` joins a shard's last, short batch with the next shard's first images.
-    They are normalized as `images.normalize` does, with meta.json's values, the ones the
-    served model applies. Python runs once per shard, not per batch (a `from_generator` of
-    batches halved training speed on Fashion-MNIST), and no element is a single image (a
-    per-image shuffle buffer let memory grow with the number of shards), so memory holds
-    about a shard and its shuffled copy whatever the size of the data.
+    order; shards come in a random order too, both drawn from (seed, epoch), so every epoch
+    has its own order and a resumed training repeats the order of an uninterrupted one.
+    Batches are cut from the shard and `rebatch` joins a shard's last, short batch with the
+    next shard's first images. They are normalized as `images.normalize` does, with
+    meta.json's values, the ones the served model applies. Python runs once per shard, not
+    per batch (a `from_generator` of batches halved training speed on Fashion-MNIST), and no
+    element is a single image (a per-image shuffle buffer let memory grow with the number of
+    shards), so memory holds about a shard and its shuffled copy whatever the size of the
+    data. The prefetch buffer is fixed (PREFETCH_BATCHES): an AUTOTUNE buffer grows with the
+    length of the run, which made peak memory grow with the number of images.
 
     Args:
         folder: A `preprocessed/` folder.
@@ -167,6 +192,8 @@ def make_dataset(
         shuffle_seed: Shuffle shards and images anew every epoch from this seed (training);
             None keeps the stored order (evaluation).
         augmentation: Layers applied to each training batch, or None.
+        clock: Where the epoch is read when shuffling (the callback goes to `fit`); None
+            shuffles as epoch 0.
 
     Returns:
         The dataset, prefetching, with its number of batches as cardinality.
@@ -176,17 +203,21 @@ def make_dataset(
     mean = tf.constant(meta["normalization"]["mean"], tf.float32)
     std = tf.constant(meta["normalization"]["std"], tf.float32)
 
-    def read_shard(position: np.ndarray, seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        record = records[int(position)]
+    def read_shard(position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if shuffle_seed is None:
+            record = records[int(position)]
+            return shards.load(folder, record, "images"), shards.load(folder, record, "labels")
+        epoch = clock.epoch if clock is not None else 0
+        shard = np.random.default_rng([shuffle_seed % 2**63, epoch]).permutation(len(records))
+        record = records[shard[int(position)]]
         images = shards.load(folder, record, "images")
         labels = shards.load(folder, record, "labels")
-        if shuffle_seed is None:
-            return images, labels
-        order = np.random.default_rng(int(seed) & (2**63 - 1)).permutation(len(labels))
+        order = np.random.default_rng([shuffle_seed % 2**63, epoch, int(shard[int(position)]), 1])
+        order = order.permutation(len(labels))
         return images[order], labels[order]
 
-    def shard_batches(position: tf.Tensor, seed: tf.Tensor) -> tf.data.Dataset:
-        images, labels = tf.numpy_function(read_shard, [position, seed], (tf.uint8, tf.int64))
+    def shard_batches(position: tf.Tensor) -> tf.data.Dataset:
+        images, labels = tf.numpy_function(read_shard, [position], (tf.uint8, tf.int64))
         images.set_shape((None, *image_shape))
         labels.set_shape((None,))
         starts = tf.data.Dataset.range(0, tf.shape(labels, out_type=tf.int64)[0], batch_size)
@@ -195,14 +226,7 @@ def make_dataset(
         )
 
     positions = tf.data.Dataset.range(len(records))
-    if shuffle_seed is None:
-        seeds = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat()
-    else:
-        positions = positions.shuffle(
-            len(records), seed=shuffle_seed, reshuffle_each_iteration=True
-        )
-        seeds = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True)
-    dataset = tf.data.Dataset.zip(positions, seeds).flat_map(shard_batches).rebatch(batch_size)
+    dataset = positions.flat_map(shard_batches).rebatch(batch_size)
     batch_count = math.ceil(int(meta["counts"][split]) / batch_size)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(batch_count))
     dataset = dataset.map(
@@ -213,7 +237,7 @@ def make_dataset(
         dataset = dataset.map(
             lambda x, y: (augmentation(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
         )
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.prefetch(PREFETCH_BATCHES)
 
 
 # ------------------------------------------------------------------------------ compile
@@ -320,6 +344,7 @@ def fit_phase(
     first_epoch: int,
     epochs: int,
     early_stopping_patience: int,
+    extra_callbacks: tuple[keras.callbacks.Callback, ...] = (),
 ) -> tuple[dict[str, list[float]], int]:
     """Fit for `epochs` epochs numbered from `first_epoch`, logging each to MLflow.
 
@@ -330,7 +355,7 @@ def fit_phase(
         (the history, metric name to one value per epoch run; the epoch whose weights the
         model holds at the end).
     """
-    callbacks = [MlflowEpochLogger()]
+    callbacks = [MlflowEpochLogger(), *extra_callbacks]
     stopper = None
     if early_stopping_patience:
         stopper = keras.callbacks.EarlyStopping(
@@ -346,7 +371,7 @@ def fit_phase(
         shuffle=False,  # the pipeline shuffles, with its own seed
         verbose=1 if sys.stdout.isatty() else 2,
     )
-    last_epoch = first_epoch + len(history.epoch) - 1
+    last_epoch = history.epoch[-1] if history.epoch else first_epoch + epochs - 1
     best_epoch = stopper.best_epoch if stopper is not None else last_epoch
     return history.history, best_epoch
 
@@ -510,6 +535,7 @@ def fine_tune(
     first_epoch: int,
     epochs: int,
     early_stopping_patience: int,
+    clock: EpochClock,
 ) -> tuple[dict[str, list[float]], int]:
     """Train VGG16's top block too, at FINE_TUNE_RATE_FACTOR times the learning rate.
 
@@ -522,7 +548,7 @@ def fine_tune(
     with strategy.scope():
         compile_model(model, optimizer, learning_rate * FINE_TUNE_RATE_FACTOR, steps, num_classes)
     return fit_phase(
-        model, train_data, validation_data, first_epoch, epochs, early_stopping_patience
+        model, train_data, validation_data, first_epoch, epochs, early_stopping_patience, (clock,)
     )
 
 
@@ -597,6 +623,7 @@ class Prepared:
     strategy: tf.distribute.Strategy
     device: str
     augmentations: tuple[str, ...]
+    clock: EpochClock
     train_data: tf.data.Dataset
     validation_data: tf.data.Dataset
     model: keras.Model
@@ -616,6 +643,7 @@ def prepare(folder: Path, meta: dict, parameters: TrainParameters) -> Prepared:
     make_reproducible(parameters.seed, deterministic_ops=device == "cpu")
     augmentations = augmentation_names(meta.get("dataset", "")) if parameters.augment else ()
     augmentation = build_augmentation(augmentations, parameters.seed) if augmentations else None
+    clock = EpochClock()
     train_data = make_dataset(
         folder,
         meta,
@@ -624,6 +652,7 @@ def prepare(folder: Path, meta: dict, parameters: TrainParameters) -> Prepared:
         parameters.batch_size,
         shuffle_seed=parameters.seed,
         augmentation=augmentation,
+        clock=clock,
     )
     validation_data = make_dataset(
         folder, meta, "validation", num_classes, evaluation_batch_size(meta["image_shape"])
@@ -649,6 +678,7 @@ def prepare(folder: Path, meta: dict, parameters: TrainParameters) -> Prepared:
         strategy,
         device,
         augmentations,
+        clock,
         train_data,
         validation_data,
         model,
@@ -686,20 +716,34 @@ def log_setup(prepared: Prepared, parameters: TrainParameters, summary: str) -> 
     mlflow.log_text(summary, "model_summary.txt")
 
 
-def fit(prepared: Prepared, parameters: TrainParameters) -> tuple[dict[str, list[float]], int]:
+def fit(
+    prepared: Prepared, parameters: TrainParameters, backup_dir: Path, resumed: dict
+) -> tuple[dict[str, list[float]], int]:
     """Train (and for VGG16 fine-tune); log each epoch, best_epoch and the learning curves.
+
+    Args:
+        prepared: The data and the compiled network.
+        parameters: The hyperparameters.
+        backup_dir: Where each epoch's checkpoint is saved before it is logged; holds a
+            killed run's checkpoint to resume from (see `resume`).
+        resumed: The resumed epochs' history from the killed run; empty when starting afresh.
+            Early stopping starts counting afresh at the resumed epoch.
 
     Returns:
         (metric name to one value per epoch run, the epoch whose weights the model holds).
     """
-    history, best_epoch = fit_phase(
+    # A fine-tuning run is not checkpointed: its second phase recompiles the network.
+    backup = () if parameters.fine_tune_epochs else (resume.ArtifactBackup(str(backup_dir)),)
+    phase, best_epoch = fit_phase(
         prepared.model,
         prepared.train_data,
         prepared.validation_data,
         0,
         parameters.epochs,
         parameters.early_stopping_patience,
+        (prepared.clock, *backup),
     )
+    history = {name: resumed.get(name, []) + values for name, values in phase.items()}
     fine_tune_start = None
     if parameters.fine_tune_epochs:
         fine_tune_start = len(history["loss"])
@@ -714,6 +758,7 @@ def fit(prepared: Prepared, parameters: TrainParameters) -> tuple[dict[str, list
             fine_tune_start,
             parameters.fine_tune_epochs,
             parameters.early_stopping_patience,
+            prepared.clock,
         )
         history = {name: history[name] + tuned[name] for name in history}
     mlflow.log_metric("best_epoch", best_epoch)
@@ -767,9 +812,14 @@ def run_train(data: str, parameters: TrainParameters | None = None) -> str:
             print(f"network {model.name}: {model.count_params():,} parameters")
         started = time.perf_counter()
         name = run_name(meta, model, parameters.epochs)
-        with lineage.start_stage_run("train", input_uri=data, name=name) as run:
+        with (
+            lineage.start_stage_run("train", input_uri=data, name=name) as run,
+            tempfile.TemporaryDirectory() as tmp,
+        ):
             log_setup(prepared, parameters, summary)
-            history, _ = fit(prepared, parameters)
+            backup_dir = Path(tmp, "backup")  # BackupAndRestore removes it when fit ends
+            resumed = resume.resume_if_killed(data, parameters, backup_dir)
+            history, _ = fit(prepared, parameters, backup_dir, resumed)
             test_metrics = log_results(prepared)
             run_id = run.info.run_id
     model_uri = artifacts.artifact_uri(run_id, artifacts.MODEL)
