@@ -16,8 +16,6 @@ starts afresh at the resumed epoch.
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import keras
@@ -71,21 +69,18 @@ class ArtifactBackup(keras.callbacks.BackupAndRestore):
         mlflow.log_artifacts(self.backup_dir, artifacts.CHECKPOINT)
 
 
-def checkpoint_epoch(run_id: str, folder: Path) -> int | None:
-    """Download a run's checkpoint into `folder`; the epoch it reached, or None if it has none."""
-    with tempfile.TemporaryDirectory() as download:
-        try:
-            path = Path(
-                mlflow.artifacts.download_artifacts(
-                    run_id=run_id, artifact_path=artifacts.CHECKPOINT, dst_path=download
-                )
-            )
-            epoch = int(json.loads((path / artifacts.CHECKPOINT_META_FILE).read_text())["epoch"])
-        except (MlflowException, OSError, ValueError, KeyError):
-            return None
-        for file in path.iterdir():  # BackupAndRestore reads its files from `folder`
-            shutil.move(file, folder / file.name)
-    return epoch
+def checkpoint_epoch(run_id: str) -> int | None:
+    """The epoch a run's checkpoint reached (its small metadata file only); None if none."""
+    uri = artifacts.artifact_uri(run_id, f"{artifacts.CHECKPOINT}/{artifacts.CHECKPOINT_META_FILE}")
+    try:
+        return int(artifacts.read_json_artifact(uri)["epoch"])
+    except (MlflowException, OSError, ValueError, KeyError):
+        return None
+
+
+def is_checkpointed(parameters: TrainParameters) -> bool:
+    """Whether a training saves checkpoints (not VGG16 fine-tuning: it recompiles the network)."""
+    return not parameters.fine_tune_epochs
 
 
 def find_resumable(
@@ -93,7 +88,8 @@ def find_resumable(
 ) -> tuple[str, int] | None:
     """The newest killed or failed train run with this key and a checkpoint, and its epoch.
 
-    Its checkpoint is downloaded into `folder`. `exclude` is the run now starting.
+    Its checkpoint is downloaded to `folder`, which must be named artifacts.CHECKPOINT (as
+    MLflow names the downloaded folder). `exclude` is the run now starting.
     """
     runs = client.search_runs(
         [experiment_id],
@@ -104,8 +100,11 @@ def find_resumable(
     for run in runs:
         if run.info.run_id == exclude or run.info.status not in RESUMABLE_STATUSES:
             continue
-        epoch = checkpoint_epoch(run.info.run_id, folder)
+        epoch = checkpoint_epoch(run.info.run_id)
         if epoch:
+            mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path=artifacts.CHECKPOINT, dst_path=folder.parent
+            )
             return run.info.run_id, epoch
     return None
 
@@ -140,9 +139,8 @@ def resume_if_killed(data: str, parameters: TrainParameters, backup_dir: Path) -
     run = mlflow.active_run()
     key = train_key(data, parameters)
     mlflow.set_tag(artifacts.TRAIN_KEY_TAG, key)
-    if parameters.fine_tune_epochs:
-        return {}  # not checkpointed (see training.fit)
-    backup_dir.mkdir(parents=True, exist_ok=True)
+    if not is_checkpointed(parameters):
+        return {}
     found = find_resumable(client, run.info.experiment_id, key, run.info.run_id, backup_dir)
     if found is None:
         return {}

@@ -208,12 +208,11 @@ def make_dataset(
             record = records[int(position)]
             return shards.load(folder, record, "images"), shards.load(folder, record, "labels")
         epoch = clock.epoch if clock is not None else 0
-        shard = np.random.default_rng([shuffle_seed % 2**63, epoch]).permutation(len(records))
-        record = records[shard[int(position)]]
-        images = shards.load(folder, record, "images")
-        labels = shards.load(folder, record, "labels")
-        order = np.random.default_rng([shuffle_seed % 2**63, epoch, int(shard[int(position)]), 1])
-        order = order.permutation(len(labels))
+        seed = shuffle_seed % 2**63
+        index = int(np.random.default_rng([seed, epoch]).permutation(len(records))[position])
+        images = shards.load(folder, records[index], "images")
+        labels = shards.load(folder, records[index], "labels")
+        order = np.random.default_rng([seed, epoch, index]).permutation(len(labels))
         return images[order], labels[order]
 
     def shard_batches(position: tf.Tensor) -> tf.data.Dataset:
@@ -732,8 +731,7 @@ def fit(
     Returns:
         (metric name to one value per epoch run, the epoch whose weights the model holds).
     """
-    # A fine-tuning run is not checkpointed: its second phase recompiles the network.
-    backup = () if parameters.fine_tune_epochs else (resume.ArtifactBackup(str(backup_dir)),)
+    backup = (resume.ArtifactBackup(str(backup_dir)),) if resume.is_checkpointed(parameters) else ()
     phase, best_epoch = fit_phase(
         prepared.model,
         prepared.train_data,
@@ -817,7 +815,8 @@ def run_train(data: str, parameters: TrainParameters | None = None) -> str:
             tempfile.TemporaryDirectory() as tmp,
         ):
             log_setup(prepared, parameters, summary)
-            backup_dir = Path(tmp, "backup")  # BackupAndRestore removes it when fit ends
+            # Not `tmp` itself: BackupAndRestore removes its folder when fit ends.
+            backup_dir = Path(tmp, artifacts.CHECKPOINT)
             resumed = resume.resume_if_killed(data, parameters, backup_dir)
             history, _ = fit(prepared, parameters, backup_dir, resumed)
             test_metrics = log_results(prepared)
