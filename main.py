@@ -15,6 +15,7 @@ import argparse
 
 from mlpipe_vision import cli, workflow
 from mlpipe_vision.cli import run_or_exit, str_to_bool
+from mlpipe_vision.promotion import PROMOTE_CHOICES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--registered_model_name", default="", help="registry name (default: <dataset>_classifier)"
+    )
+    parser.add_argument(
+        "--promote",
+        default="better",
+        choices=PROMOTE_CHOICES,
+        help="package: move @champion only when at least as good (better), always or never",
     )
     parser.add_argument(
         "--force", type=str_to_bool, default=False, help="rerun stages that already finished"

@@ -18,6 +18,7 @@ stages through this module without loading it.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -66,6 +67,7 @@ DTYPE_POLICY_TAG = "mlpipe.dtype_policy"
 POSITIVE_CLASS_TAG = "mlpipe.positive_class"
 WARNING_TAG = "mlpipe.warning"
 TRAINING_STEPS_TAG = "mlpipe.training_steps"
+TEST_SET_DIGEST_TAG = "mlpipe.test_set_digest"  # what package compares champions on
 # What a train run trains (its data and parameters), so a later one can resume it.
 TRAIN_KEY_TAG = "mlpipe.train_key"
 RESUMED_FROM_TAG = "mlpipe.resumed_from"
@@ -84,7 +86,14 @@ BEST_PARAMETER_TAG_PREFIX = "mlpipe.best."
 # package: the train run it packaged, the registered version it made or reused.
 TRAIN_RUN_TAG = "mlpipe.train_run_id"
 PACKAGE_KEY_TAG = "mlpipe.package_key"  # on the version: its train run and meta.json
-REGISTERED_MODEL_TAG = "mlpipe.registered_model_uri"
+REGISTERED_MODEL_TAG = "mlpipe.registered_model_uri"  # the alias's URI if it holds it
+# package, on the version and the run: whether it took the alias, and why (promotion.py).
+PROMOTION_TAG = "mlpipe.promotion"  # promoted, kept or current
+PROMOTION_REASON_TAG = "mlpipe.promotion_reason"
+PROMOTION_METRIC_TAG = "mlpipe.promotion_metric"
+CANDIDATE_SCORE_TAG = "mlpipe.candidate_score"
+CHAMPION_SCORE_TAG = "mlpipe.champion_score"
+CHAMPION_BEFORE_TAG = "mlpipe.champion_version_before"
 # Every stage run: the process it hangs on and its heartbeat (mlpipe_vision.liveness), and
 # why a later command closed it when that process was gone.
 HOST_TAG = "mlpipe.host"
@@ -94,6 +103,12 @@ HEARTBEAT_TAG = "mlpipe.heartbeat"
 CLOSED_BECAUSE_TAG = "mlpipe.closed_because"
 # main: the run of each stage it chained, `mlpipe.run.<entry point>`.
 STAGE_RUN_TAG_PREFIX = "mlpipe.run."
+
+
+def record_key(record: dict) -> str:
+    """A short stable hash of a JSON-able record: what makes two runs the same work."""
+    text = json.dumps(record, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def stage_run_tag(entry_point: str) -> str:

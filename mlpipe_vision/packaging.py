@@ -8,7 +8,6 @@ requirements (`mlpipe_vision.environment`), so it serves on any machine MLflow c
 environment on.
 """
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ from mlpipe_vision import (
     lineage,
     liveness,
     models,
+    promotion,
     pyfunc_model,
     request_bodies,
     serving,
@@ -247,8 +247,7 @@ def package_key(train_run_id: str, meta: dict) -> str:
 
     meta.json holds the normalization, the class names and the input shape.
     """
-    record = json.dumps({"train_run_id": train_run_id, "meta": meta}, sort_keys=True)
-    return hashlib.sha256(record.encode()).hexdigest()[:16]
+    return artifacts.record_key({"train_run_id": train_run_id, "meta": meta})
 
 
 def registered_versions(client: MlflowClient, name: str, key: str) -> list:
@@ -278,22 +277,82 @@ def register_once(client: MlflowClient, name: str, model_uri: str, tags: dict) -
     return str(oldest.version)
 
 
-def reuse_version(
-    client: MlflowClient, name: str, alias: str, version: str, train_run_id: str
+def log_and_register(
+    client: MlflowClient,
+    trained: TrainedModel,
+    meta: dict,
+    name: str,
+    key: str,
+    tmp: Path,
+    output_dir: str,
 ) -> str:
-    """Point `alias` at the version that already packages this train run so; say so.
+    """Log the served pyfunc to the active run and register it once (see `register_once`).
 
     Returns:
-        The `models:/<name>@<alias>` URI.
+        The version number.
     """
-    liveness.stop_if_stopped()
-    client.set_registered_model_alias(name, alias, version)
-    registered_uri = f"models:/{name}@{alias}"
-    print(
-        f"{name} version {version} already packages train run {train_run_id} with this "
-        f"normalization: reused, not registered again; {registered_uri} points at it"
-    )
-    return registered_uri
+    sample = sample_test_image(trained.preprocessed_uri)
+    model_arguments = {
+        "python_model": str(PYFUNC_CODE_PATH),
+        "artifacts": save_model_files(meta, trained.keras_model_uri, tmp),
+        "code_paths": [str(MLPIPE_DIR)],
+        "pip_requirements": environment.pinned_requirements(
+            environment.PACKAGED_MODEL_DISTRIBUTIONS
+        ),
+        "signature": output_signature(meta["class_names"]),
+        "input_example": input_example(meta, sample),
+    }
+    model_info = mlflow.pyfunc.log_model(name="model", **model_arguments)
+    version_tags = {artifacts.TRAIN_RUN_TAG: trained.train_run_id, artifacts.PACKAGE_KEY_TAG: key}
+    version = register_once(client, name, model_info.model_uri, version_tags)
+    if output_dir:
+        save_to_folder(output_dir, **model_arguments)
+    return version
+
+
+def promote_version(
+    client: MlflowClient,
+    name: str,
+    alias: str,
+    version: str,
+    train_run_id: str,
+    promote: str,
+    metric: str,
+) -> promotion.Decision:
+    """Point `alias` at `version` if the promotion rule says so; tag the decision.
+
+    The decision, the metric and both scores are tagged on the version and the active run.
+    """
+    candidate = promotion.train_run_score(client, train_run_id, metric)
+    champion_version = promotion.current_champion(client, name, alias)
+    champion, before = None, None
+    if champion_version is not None:
+        before = str(champion_version.version)
+        champion_run = champion_version.tags.get(artifacts.TRAIN_RUN_TAG)
+        champion = (
+            promotion.train_run_score(client, champion_run, metric)
+            if champion_run
+            else promotion.Score(None, None)
+        )
+    if before == str(version):
+        decision = promotion.Decision(False, "current", "it is the champion already")
+    else:
+        decision = promotion.decide(promote, metric, candidate, champion, before)
+    tags = promotion.decision_tags(decision, metric, candidate, champion, before)
+    for tag, value in tags.items():
+        client.set_model_version_tag(name, version, tag, value)
+    mlflow.set_tags(tags)
+    if decision.promote:
+        liveness.stop_if_stopped()  # the alias is not moved after the user stopped the command
+        client.set_registered_model_alias(name, alias, version)
+    alias_uri = f"models:/{name}@{alias}"
+    if decision.promote or decision.outcome == "current":
+        print(f"{alias_uri} points at version {version}: {decision.reason}")
+    elif before:
+        print(f"{alias_uri} stays at version {before}: {decision.reason}")
+    else:
+        print(f"{alias_uri} is not set: {decision.reason}")
+    return decision
 
 
 def run_package(
@@ -303,63 +362,56 @@ def run_package(
     mean: float | None = None,
     std: float | None = None,
     output_dir: str = "",
+    promote: str = "better",
+    metric: str = promotion.DEFAULT_METRIC,
 ) -> str:
-    """The package stage: log the served pyfunc, register it and point an alias at it.
+    """The package stage: log the served pyfunc, register it, and promote it if it earns it.
 
     Args:
         model: What to package (see `resolve_trained_model`).
         registered_model_name: Registry name; "" derives it from the dataset.
-        alias: Alias set on the new version.
+        alias: The alias a good enough version takes (see `promotion`).
         mean: Explicit normalization mean (0-255 scale), overriding lineage; with `std`.
         std: Explicit normalization std.
         output_dir: Also save the pyfunc to this local folder ("" to skip).
+        promote: "better" (take the alias when at least as good as its holder on the same
+            test set), "always" or "never".
+        metric: The train run's metric compared, e.g. test_accuracy or test_loss.
 
     Returns:
-        The `models:/<name>@<alias>` URI.
+        The model URI to serve: `models:/<name>@<alias>` when the alias points at this
+        version, else `models:/<name>/<version>`.
     """
+    promotion.check_promote(promote)
     client = MlflowClient()
     trained = resolve_trained_model(model, client)
+    promotion.check_metric(client, trained.train_run_id, metric)
     meta = find_model_meta(trained, mean, std)
     name = registered_model_name or f"{meta['dataset']}_classifier"
     key = package_key(trained.train_run_id, meta)
     already = [] if output_dir else registered_versions(client, name, key)
-    if already:
-        return reuse_version(client, name, alias, already[0].version, trained.train_run_id)
-    sample = sample_test_image(trained.preprocessed_uri)
     with (
         lineage.start_stage_run(
             "package", input_uri=trained.keras_model_uri, name=f"package {name}"
         ),
         tempfile.TemporaryDirectory() as tmp,
     ):
-        mlflow.set_tags(
-            {
-                artifacts.TRAIN_RUN_TAG: trained.train_run_id,
-                artifacts.REGISTERED_MODEL_TAG: f"models:/{name}@{alias}",
-            }
+        mlflow.set_tag(artifacts.TRAIN_RUN_TAG, trained.train_run_id)
+        if already:
+            version = str(already[0].version)
+            print(
+                f"{name} version {version} already packages train run {trained.train_run_id} "
+                "with this normalization: reused, not registered again"
+            )
+        else:
+            version = log_and_register(client, trained, meta, name, key, Path(tmp), output_dir)
+            print(f"\nregistered {name} version {version}")
+        decision = promote_version(
+            client, name, alias, version, trained.train_run_id, promote, metric
         )
-        model_arguments = {
-            "python_model": str(PYFUNC_CODE_PATH),
-            "artifacts": save_model_files(meta, trained.keras_model_uri, Path(tmp)),
-            "code_paths": [str(MLPIPE_DIR)],
-            "pip_requirements": environment.pinned_requirements(
-                environment.PACKAGED_MODEL_DISTRIBUTIONS
-            ),
-            "signature": output_signature(meta["class_names"]),
-            "input_example": input_example(meta, sample),
-        }
-        model_info = mlflow.pyfunc.log_model(name="model", **model_arguments)
-        version_tags = {
-            artifacts.TRAIN_RUN_TAG: trained.train_run_id,
-            artifacts.PACKAGE_KEY_TAG: key,
-        }
-        version = register_once(client, name, model_info.model_uri, version_tags)
-        liveness.stop_if_stopped()
-        client.set_registered_model_alias(name, alias, version)
-        if output_dir:
-            save_to_folder(output_dir, **model_arguments)
-    registered_uri = f"models:/{name}@{alias}"
-    print(f"\nregistered {name} version {version}; {registered_uri} points at it")
+        holds_alias = decision.promote or decision.outcome == "current"
+        registered_uri = f"models:/{name}@{alias}" if holds_alias else f"models:/{name}/{version}"
+        mlflow.set_tag(artifacts.REGISTERED_MODEL_TAG, registered_uri)
     if output_dir:
         print(f"also saved to {output_dir}")
     if not lineage.is_chained():  # main prints these once, at the end

@@ -14,7 +14,6 @@ phase recompiles the network), and early stopping's count of epochs without prog
 starts afresh at the resumed epoch.
 """
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -34,8 +33,7 @@ RESUMABLE_STATUSES = (RunStatus.to_string(RunStatus.KILLED), RunStatus.to_string
 
 def train_key(data: str, parameters: TrainParameters) -> str:
     """What makes two train runs the same training: the data URI and every parameter."""
-    record = json.dumps({"data": data, **parameters.as_dict()}, sort_keys=True, default=str)
-    return hashlib.sha256(record.encode()).hexdigest()[:16]
+    return artifacts.record_key({"data": data, **parameters.as_dict()})
 
 
 class ArtifactBackup(keras.callbacks.BackupAndRestore):

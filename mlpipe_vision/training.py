@@ -706,6 +706,7 @@ def log_setup(prepared: Prepared, parameters: TrainParameters, summary: str) -> 
             artifacts.DEVICE_TAG: prepared.device,
             artifacts.DTYPE_POLICY_TAG: keras.mixed_precision.global_policy().name,
             artifacts.DATASET_TAG: meta.get("dataset", ""),
+            artifacts.TEST_SET_DIGEST_TAG: shards.content_digest(prepared.folder, meta, "test"),
         }
     )
     if len(prepared.class_names) == 2:

@@ -19,7 +19,7 @@ from mlflow.exceptions import ExecutionException, MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PROJECT_ENTRY_POINT
 
-from mlpipe_vision import artifacts, console, lineage, request_bodies
+from mlpipe_vision import artifacts, console, lineage, promotion, request_bodies
 from mlpipe_vision.cli import StageFailedError
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -162,6 +162,7 @@ def run_main(
     epochs: int = 10,
     sweep: str = "",
     registered_model_name: str = "",
+    promote: str = "better",
     force: bool = False,
 ) -> str:
     """Run get_data, explore_data, preprocess, train or train_batch, and package.
@@ -174,6 +175,7 @@ def run_main(
         epochs: Training epochs (for every trial of a sweep, unless the sweep sets them).
         sweep: "" trains once; "name=values;..." runs train_batch over those values.
         registered_model_name: Registry name for package ("" derives it from the dataset).
+        promote: package's rule for moving @champion: better, always or never.
         force: Rerun every stage even when an identical finished run exists.
 
     Returns:
@@ -182,6 +184,7 @@ def run_main(
     Raises:
         StageFailedError: If a stage fails; the message names it and its error.
     """
+    promotion.check_promote(promote)
     sweep_parameters = parse_sweep(sweep)
     name = f"main {dataset}" + (f": sweep of {', '.join(sweep_parameters)}" if sweep else "")
     with lineage.start_stage_run("main", name=name) as main_run, lineage.chained():
@@ -206,10 +209,17 @@ def run_main(
         else:
             train_id = stage("train", data=preprocessed_uri, epochs=epochs)
             model_uri = artifacts.artifact_uri(train_id, "model")
-        package_id = stage("package", model=model_uri, registered_model_name=registered_model_name)
+        package_id = stage(
+            "package",
+            model=model_uri,
+            registered_model_name=registered_model_name,
+            promote=promote,
+        )
         package_tags = MlflowClient().get_run(package_id).data.tags
         registered_uri = package_tags[artifacts.REGISTERED_MODEL_TAG]
     print(f"\nall stages done; the model is {registered_uri}")
+    if package_tags.get(artifacts.PROMOTION_TAG) == "kept":
+        print(f"the alias did not move: {package_tags[artifacts.PROMOTION_REASON_TAG]}")
     tracking_uri = mlflow.get_tracking_uri()
     if tracking_uri.startswith(("http://", "https://")):
         print(f"browse the runs: {tracking_uri}")

@@ -100,6 +100,8 @@ def test_mlproject_train_parameters_are_the_schema():
         ("preprocess.py", ["--data", "x", "--validation_fraction", "1.5"], "expected a number"),
         ("train.py", ["--data", "x", "--epochs", "ten"], "invalid int value: 'ten'"),
         ("download.py", ["--verify", "maybe"], "expected true or false"),
+        ("package_model.py", ["--model", "x", "--promote", "sometimes"], "invalid choice"),
+        ("main.py", ["--promote", "yes"], "invalid choice: 'yes'"),
     ],
 )
 def test_a_bad_argument_is_one_line(script, arguments, message):
