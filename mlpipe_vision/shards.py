@@ -190,11 +190,13 @@ def content_digest(folder: Path, meta: dict, split: str) -> str:
     Two preprocess runs of the same data write equal arrays but not equal files (the npz
     archives carry their write time), so this hashes the arrays, not the files.
     """
-    digest = hashlib.sha256(repr((meta["image_shape"], meta["class_names"])).encode())
+    image_digest, label_digest = hashlib.sha256(), hashlib.sha256()  # apart: shard-independent
     for images, labels in iterate(folder, meta, split):
-        digest.update(np.ascontiguousarray(images).tobytes())
-        digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-    return digest.hexdigest()
+        image_digest.update(np.ascontiguousarray(images).tobytes())
+        label_digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    shape = [int(size) for size in meta["image_shape"]]
+    record = (shape, list(meta["class_names"]), image_digest.hexdigest())
+    return hashlib.sha256(repr((*record, label_digest.hexdigest())).encode()).hexdigest()
 
 
 def read_images(folder: Path, meta: dict, split: str, indices: np.ndarray) -> np.ndarray:

@@ -80,32 +80,6 @@ def test_a_worse_model_leaves_the_champion_and_says_why(tracking, contenders):
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
 
 
-def test_a_model_tested_on_other_data_is_not_compared(tracking, packaged, contenders):
-    client = tracking["client"]
-    if not client.search_registered_models(f"name = '{NAME}'"):
-        package(tracking, contenders["best"], metric="test_loss")
-    before = champion_run(client)
-    preprocess = mlflow_run(tracking, "preprocess", data=packaged["data_uri"], percentage=60)
-    other = mlflow_run(
-        tracking,
-        "train",
-        data=f"runs:/{preprocess['run_id']}/preprocessed",
-        epochs=1,
-        batch_size=32,
-    )
-    digests = {
-        client.get_run(run).data.tags[artifacts.TEST_SET_DIGEST_TAG]
-        for run in (before, other["run_id"])
-    }
-    assert len(digests) == 2
-    result = package(tracking, other["run_id"])
-    assert (
-        "was not scored on the same test set, so test_accuracy cannot be compared"
-        in (result["output"])
-    )
-    assert champion_run(client) == before
-
-
 def test_an_unknown_metric_is_one_line(tracking, contenders):
     bad_metric = package(tracking, contenders["best"], metric="test_speed", check=False)
     assert bad_metric["returncode"] != 0

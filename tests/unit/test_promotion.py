@@ -1,7 +1,10 @@
-"""The promotion rule: when a new version takes @champion, and what it says when not."""
+"""The promotion rule: when a new version takes @champion, what it says when not, and the
+test-set digest that says whether two scores can be compared."""
 
+import numpy as np
 import pytest
 
+from mlpipe_vision import shards
 from mlpipe_vision.promotion import Score, decide
 
 SAME = "digest-a"
@@ -54,3 +57,20 @@ def test_always_and_never_override_the_scores():
 def test_an_unknown_promote_value_is_named():
     with pytest.raises(ValueError, match="promote must be one of better, always, never, got 'yes'"):
         decide("yes", "test_accuracy", Score(0.5, SAME), None, None)
+
+
+def test_the_test_set_digest_is_of_the_images_and_labels_not_the_files(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (60, 4, 4, 1), dtype=np.uint8)
+    labels = np.arange(60) % 3
+
+    def digest(name, images, labels, shard_bytes=None):
+        folder = tmp_path / name
+        folder.mkdir()
+        meta = {"image_shape": [4, 4, 1], "class_names": ["a", "b", "c"]}
+        meta["shards"] = {"test": shards.write_split(folder, "test", images, labels, shard_bytes)}
+        return shards.content_digest(folder, meta, "test")
+
+    same = digest("one", images, labels)
+    assert digest("resharded", images, labels, shard_bytes=16 * 7) == same
+    assert digest("relabelled", images, (labels + 1) % 3) != same
+    assert digest("fewer", images[:-1], labels[:-1]) != same
