@@ -159,6 +159,22 @@ def even_split(images: tf.Tensor, labels: tf.Tensor, replicas: int) -> tuple[tf.
     return images[:kept], labels[:kept]
 
 
+def for_replicas(
+    batches: tf.data.Dataset, count: int, batch_size: int, replicas: int
+) -> tf.data.Dataset:
+    """The batches of `count` images that split evenly among `replicas`, with their number.
+
+    A split's last batch is cut to a multiple of the replicas (`even_split`), or dropped when
+    smaller (`batches_kept`); on one device nothing changes.
+    """
+    batch_count = batches_kept(count, batch_size, replicas)
+    dataset = batches.take(batch_count)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(batch_count))
+    if replicas > 1:
+        dataset = dataset.map(lambda x, y: even_split(x, y, replicas))
+    return dataset
+
+
 def make_dataset(
     folder: Path,
     meta: dict,
@@ -196,8 +212,7 @@ def make_dataset(
         clock: Where the epoch is read when shuffling (the callback goes to `fit`); None
             shuffles as epoch 0.
         replicas: The replicas a strategy splits each batch among, of which `batch_size`
-            must be a multiple: a split's last batch is cut to a multiple of them too
-            (`even_split`), or dropped when smaller (`batches_kept`).
+            must be a multiple (see `for_replicas`).
 
     Returns:
         The dataset, prefetching, with its number of batches as cardinality.
@@ -229,11 +244,8 @@ def make_dataset(
         )
 
     positions = tf.data.Dataset.range(len(records))
-    batch_count = batches_kept(int(meta["counts"][split]), batch_size, replicas)
-    dataset = positions.flat_map(shard_batches).rebatch(batch_size).take(batch_count)
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(batch_count))
-    if replicas > 1:
-        dataset = dataset.map(lambda x, y: even_split(x, y, replicas))
+    batches = positions.flat_map(shard_batches).rebatch(batch_size)
+    dataset = for_replicas(batches, int(meta["counts"][split]), batch_size, replicas)
     dataset = dataset.map(
         lambda x, y: ((tf.cast(x, tf.float32) - mean) / std, tf.one_hot(y, num_classes)),
         num_parallel_calls=tf.data.AUTOTUNE,
