@@ -17,6 +17,7 @@ from pathlib import Path
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 MIXED_PRECISION_CHOICES = ("auto", "true", "false")
+DEVICE_CHOICES = ("auto", "cpu", "gpu")
 VGG16_WEIGHTS = ("imagenet", "none")
 
 Check = Callable[[str, object], str | None]
@@ -55,6 +56,13 @@ def mixed_precision_choice(name: str, value: str) -> str | None:
     return f"{name} must be one of {', '.join(MIXED_PRECISION_CHOICES)}, got {value!r}"
 
 
+def device_choice(name: str, value: str) -> str | None:
+    """A check that device is one of DEVICE_CHOICES."""
+    if value in DEVICE_CHOICES:
+        return None
+    return f"{name} must be one of {', '.join(DEVICE_CHOICES)}, got {value!r}"
+
+
 def parameter(default: object, help: str, check: Check | None = None) -> dataclasses.Field:
     """A field of TrainParameters: its default, its --help text and its check."""
     return dataclasses.field(default=default, metadata={"help": help, "check": check})
@@ -73,7 +81,9 @@ class TrainParameters:
     dense_units: int = parameter(256, "units of the dense layer", at_least(1))
     dropout_rate: float = parameter(0.4, "dropout in [0, 1)", fraction_below_one)
     epochs: int = parameter(10, "epochs (VGG16: with the base frozen)", at_least(1))
-    batch_size: int = parameter(64, "training batch size", at_least(1))
+    batch_size: int = parameter(
+        64, "training batch size; the global batch, split among replicas", at_least(1)
+    )
     learning_rate: float = parameter(
         0.001,
         "initial learning rate of the optimizer; it decays along a cosine to 0 by the last epoch",
@@ -106,6 +116,12 @@ class TrainParameters:
         "float16 compute with float32 weights: auto (where there is a GPU), true or false; "
         "the packaged model computes in float32 either way",
         mixed_precision_choice,
+    )
+    device: str = parameter(
+        "auto",
+        "auto (every GPU TensorFlow sees, else the CPU), cpu (GPUs hidden) or gpu (fails "
+        "at once when TensorFlow sees none)",
+        device_choice,
     )
 
     def check(self) -> None:

@@ -1,4 +1,4 @@
-"""Training: the tf.data pipeline, devices, per-epoch MLflow logging, plots, and the train stage.
+"""Training: the tf.data pipeline, per-epoch MLflow logging, plots, and the train stage.
 
 The functions above "the stage" work on arrays and models. The stage reads like its steps:
 `run_train` opens the `preprocessed/` artifact (`mlpipe_vision.artifacts`) and checks the
@@ -7,7 +7,6 @@ logs what the run is, `fit` trains and logs every epoch, and `log_results` evalu
 test split and logs the plots and the model.
 """
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -30,6 +29,7 @@ from mlflow.models.model import ModelInfo  # noqa: E402
 from mlpipe_vision import (  # noqa: E402
     artifacts,
     console,
+    devices,
     environment,
     lineage,
     models,
@@ -37,6 +37,7 @@ from mlpipe_vision import (  # noqa: E402
     shards,
     train_parameters,
 )
+from mlpipe_vision.devices import Devices  # noqa: E402
 from mlpipe_vision.images import normalize  # noqa: E402
 from mlpipe_vision.train_parameters import TrainParameters  # noqa: E402
 
@@ -68,30 +69,7 @@ SHIFT_FRACTION = 0.1
 PREFETCH_BATCHES = 2
 
 
-# ------------------------------------------------------------------------------ devices
-
-
-def configure_devices(mixed_precision: str = "auto") -> tuple[tf.distribute.Strategy, str]:
-    """Use what the machine has: GPUs with memory growth and mixed precision, else the CPU.
-
-    Args:
-        mixed_precision: "auto" (on where there is a GPU), "true" or "false".
-
-    Returns:
-        (the distribution strategy to build and compile the model in, a short description
-        such as "cpu", "1 gpu" or "2 gpus").
-    """
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        # RuntimeError: the GPU was initialized by an earlier call here; growth stays as set.
-        with contextlib.suppress(RuntimeError):
-            tf.config.experimental.set_memory_growth(gpu, True)
-    # float16 halves memory and uses tensor cores on a GPU; on a CPU it is only slower.
-    mixed = bool(gpus) if mixed_precision == "auto" else mixed_precision == "true"
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy(), f"{len(gpus)} gpus"
-    return tf.distribute.get_strategy(), f"{len(gpus)} gpu" if gpus else "cpu"
+# ---------------------------------------------------------------------- reproducibility
 
 
 def make_reproducible(seed: int, deterministic_ops: bool) -> None:
@@ -159,6 +137,44 @@ class EpochClock(keras.callbacks.Callback):
         self.epoch = epoch
 
 
+def batches_kept(count: int, batch_size: int, replicas: int = 1) -> int:
+    """How many batches of `count` images a pipeline yields, dropping a too-small last one.
+
+    A last batch smaller than the number of replicas is dropped: some replica would get no
+    image, and its loss, a mean over nothing, is NaN. On one device every batch is kept.
+    """
+    full, remainder = divmod(count, batch_size)
+    return full + (remainder >= replicas)
+
+
+def even_split(images: tf.Tensor, labels: tf.Tensor, replicas: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Trim a batch to a multiple of `replicas` images, so that every replica gets as many.
+
+    Keras builds a distributed model from the mean of the replicas' first batches, which
+    fails unless they have one shape; equal shares also weigh every image alike. Batches of
+    a `batch_size` that is a multiple of `replicas` are kept whole: only the last one of a
+    split loses its fewer than `replicas` extra images.
+    """
+    kept = tf.shape(labels)[0] // replicas * replicas
+    return images[:kept], labels[:kept]
+
+
+def for_replicas(
+    batches: tf.data.Dataset, count: int, batch_size: int, replicas: int
+) -> tf.data.Dataset:
+    """The batches of `count` images that split evenly among `replicas`, with their number.
+
+    A split's last batch is cut to a multiple of the replicas (`even_split`), or dropped when
+    smaller (`batches_kept`); on one device nothing changes.
+    """
+    batch_count = batches_kept(count, batch_size, replicas)
+    dataset = batches.take(batch_count)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(batch_count))
+    if replicas > 1:
+        dataset = dataset.map(lambda x, y: even_split(x, y, replicas))
+    return dataset
+
+
 def make_dataset(
     folder: Path,
     meta: dict,
@@ -168,6 +184,7 @@ def make_dataset(
     shuffle_seed: int | None = None,
     augmentation: keras.Sequential | None = None,
     clock: EpochClock | None = None,
+    replicas: int = 1,
 ) -> tf.data.Dataset:
     """A tf.data pipeline of (normalized images, one-hot labels) batches, streamed from shards.
 
@@ -194,6 +211,8 @@ def make_dataset(
         augmentation: Layers applied to each training batch, or None.
         clock: Where the epoch is read when shuffling (the callback goes to `fit`); None
             shuffles as epoch 0.
+        replicas: The replicas a strategy splits each batch among, of which `batch_size`
+            must be a multiple (see `for_replicas`).
 
     Returns:
         The dataset, prefetching, with its number of batches as cardinality.
@@ -225,9 +244,8 @@ def make_dataset(
         )
 
     positions = tf.data.Dataset.range(len(records))
-    dataset = positions.flat_map(shard_batches).rebatch(batch_size)
-    batch_count = math.ceil(int(meta["counts"][split]) / batch_size)
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(batch_count))
+    batches = positions.flat_map(shard_batches).rebatch(batch_size)
+    dataset = for_replicas(batches, int(meta["counts"][split]), batch_size, replicas)
     dataset = dataset.map(
         lambda x, y: ((tf.cast(x, tf.float32) - mean) / std, tf.one_hot(y, num_classes)),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -551,10 +569,14 @@ def fine_tune(
     )
 
 
-def evaluation_batch_size(image_shape: tuple[int, ...] | list[int]) -> int:
-    """The batch size for validation and test: EVALUATION_BATCH_SIZE, less for large images."""
+def evaluation_batch_size(image_shape: tuple[int, ...] | list[int], replicas: int = 1) -> int:
+    """The batch size for validation and test: EVALUATION_BATCH_SIZE, less for large images.
+
+    A multiple of `replicas`, as `make_dataset` needs.
+    """
     image_bytes = 4 * math.prod(int(size) for size in image_shape)
-    return max(1, min(EVALUATION_BATCH_SIZE, EVALUATION_BATCH_BYTES // image_bytes))
+    size = max(1, min(EVALUATION_BATCH_SIZE, EVALUATION_BATCH_BYTES // image_bytes))
+    return max(replicas, size // replicas * replicas)
 
 
 def log_test_results(
@@ -619,8 +641,7 @@ class Prepared:
     folder: Path
     meta: dict
     class_names: list[str]
-    strategy: tf.distribute.Strategy
-    device: str
+    devices: Devices
     augmentations: tuple[str, ...]
     clock: EpochClock
     train_data: tf.data.Dataset
@@ -634,12 +655,12 @@ class Prepared:
         return int(self.train_data.cardinality())
 
 
-def prepare(folder: Path, meta: dict, parameters: TrainParameters) -> Prepared:
-    """Pick the devices, seed everything, build the input pipelines and compile the network."""
+def prepare(folder: Path, meta: dict, parameters: TrainParameters, trained_on: Devices) -> Prepared:
+    """Seed everything, build the input pipelines and compile the network on the devices."""
     class_names = list(meta["class_names"])
     num_classes = len(class_names)
-    strategy, device = configure_devices(parameters.mixed_precision)
-    make_reproducible(parameters.seed, deterministic_ops=device == "cpu")
+    replicas = trained_on.replicas
+    make_reproducible(parameters.seed, deterministic_ops=trained_on.kind == "cpu")
     augmentations = augmentation_names(meta.get("dataset", "")) if parameters.augment else ()
     augmentation = build_augmentation(augmentations, parameters.seed) if augmentations else None
     clock = EpochClock()
@@ -652,11 +673,17 @@ def prepare(folder: Path, meta: dict, parameters: TrainParameters) -> Prepared:
         shuffle_seed=parameters.seed,
         augmentation=augmentation,
         clock=clock,
+        replicas=replicas,
     )
     validation_data = make_dataset(
-        folder, meta, "validation", num_classes, evaluation_batch_size(meta["image_shape"])
+        folder,
+        meta,
+        "validation",
+        num_classes,
+        evaluation_batch_size(meta["image_shape"], replicas),
+        replicas=replicas,
     )
-    with strategy.scope():
+    with trained_on.strategy.scope():
         model = models.build_network(
             tuple(int(size) for size in meta["image_shape"]),
             num_classes,
@@ -674,8 +701,7 @@ def prepare(folder: Path, meta: dict, parameters: TrainParameters) -> Prepared:
         folder,
         meta,
         class_names,
-        strategy,
-        device,
+        trained_on,
         augmentations,
         clock,
         train_data,
@@ -703,8 +729,7 @@ def log_setup(prepared: Prepared, parameters: TrainParameters, summary: str) -> 
     )
     mlflow.set_tags(
         {
-            artifacts.DEVICE_TAG: prepared.device,
-            artifacts.DTYPE_POLICY_TAG: keras.mixed_precision.global_policy().name,
+            **devices.device_record(prepared.devices),
             artifacts.DATASET_TAG: meta.get("dataset", ""),
             artifacts.TEST_SET_DIGEST_TAG: shards.content_digest(prepared.folder, meta, "test"),
         }
@@ -748,7 +773,7 @@ def fit(
         fine_tune_start = len(history["loss"])
         tuned, best_epoch = fine_tune(
             prepared.model,
-            prepared.strategy,
+            prepared.devices.strategy,
             prepared.train_data,
             prepared.validation_data,
             parameters.optimizer,
@@ -795,14 +820,16 @@ def run_train(data: str, parameters: TrainParameters | None = None) -> str:
         The model URI, `runs:/<run_id>/model`.
 
     Raises:
-        ValueError: For a URI without `preprocessed/` or impossible parameters, before
-            training starts.
+        ValueError: For a URI without `preprocessed/`, impossible parameters or device=gpu
+            without a GPU, before training starts.
     """
     parameters = parameters or TrainParameters()
     parameters.check()
+    trained_on = devices.configure_devices(parameters.device, parameters.mixed_precision)
+    devices.check_global_batch(parameters.batch_size, trained_on.replicas)
     # The preprocessed shards stay on disk (downloaded if remote) while training streams them.
     with artifacts.open_preprocessed(data, "train") as (preprocessed_dir, meta):
-        prepared = prepare(preprocessed_dir, meta, parameters)
+        prepared = prepare(preprocessed_dir, meta, parameters, trained_on)
         model = prepared.model
         summary = model_summary(model)
         if console.VERBOSE:
@@ -829,7 +856,7 @@ def run_train(data: str, parameters: TrainParameters | None = None) -> str:
     epochs_shown = f"{epochs_run} epoch" + "s" * (epochs_run != 1)
     print(
         f"\n{shown} ({epochs_shown} of {prepared.steps_per_epoch} steps, batch "
-        f"{parameters.batch_size}, in {seconds:.0f} s, on {prepared.device})"
+        f"{parameters.batch_size}, in {seconds:.0f} s, on {prepared.devices.description})"
     )
     if prepared.warning:
         print(prepared.warning)

@@ -162,16 +162,26 @@ def test_too_many_blocks_are_refused_before_training(tracking, gray_data):
     assert "Epoch 1" not in result["output"]
 
 
-def train_script(tracking: dict, data: str, seed: int) -> tuple[str, str]:
-    """Run train.py as a user would, with nothing set but the tracking store."""
+def train_script(
+    tracking: dict,
+    data: str,
+    seed: int,
+    arguments: tuple[str, ...] = ("--epochs", "2"),
+    variables: dict[str, str] | None = None,
+) -> tuple[str, str]:
+    """Run train.py as a user would, with nothing set but the tracking store (and `variables`)."""
     environment = {
-        name: value for name, value in os.environ.items() if not name.startswith(("TF_", "MLFLOW_"))
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("TF_", "MLFLOW_", "MLPIPE_LOGICAL"))
     }
     environment.update(
-        MLFLOW_TRACKING_URI=tracking["uri"], MLFLOW_EXPERIMENT_ID=tracking["experiment_id"]
+        MLFLOW_TRACKING_URI=tracking["uri"],
+        MLFLOW_EXPERIMENT_ID=tracking["experiment_id"],
+        **(variables or {}),
     )
     completed = subprocess.run(
-        [sys.executable, "train.py", "--data", data, "--epochs", "2", "--seed", str(seed)],
+        [sys.executable, "train.py", "--data", data, "--seed", str(seed), *arguments],
         cwd=REPO_DIR,
         env=environment,
         capture_output=True,
