@@ -155,6 +155,9 @@ class Started:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            # As from a terminal: a shell without job control starts background jobs with
+            # SIGINT ignored, and the ignoring would be inherited (then Ctrl-C does nothing).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
