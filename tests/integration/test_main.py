@@ -105,10 +105,15 @@ def test_second_main_reuses_every_stage_and_force_reruns(tracking, idx_mirror_di
         assert f"[{stage}] reusing finished run" in second["output"]
     client = tracking["client"]
     assert stage_run_ids(client, second["run_id"]) == stage_run_ids(client, first_main["run_id"])
-    forced = mlflow_run(tracking, "main", force="true", **parameters)
+    champion = client.get_model_version_by_alias("main_digits", "champion").version
+    forced = mlflow_run(tracking, "main", force="true", promote="never", **parameters)
     rerun_ids = stage_run_ids(client, forced["run_id"])
     first_ids = stage_run_ids(client, first_main["run_id"])
     assert all(rerun_ids[stage] != first_ids[stage] for stage in STAGES)
+    # promote=never: the new version is registered, the alias stays, and main says so.
+    assert "the alias did not move: promote=never" in forced["output"]
+    assert client.get_model_version_by_alias("main_digits", "champion").version == champion
+    assert "serve:  mlflow models serve -m models:/main_digits/" in forced["output"]
 
 
 def test_a_failing_stage_stops_the_chain_and_a_rerun_resumes(tracking, idx_mirror_dir, first_main):
