@@ -93,3 +93,39 @@ def test_a_killed_train_resumes_at_its_next_epoch_and_ends_as_the_uninterrupted_
         assert run.data.metrics[name] == pytest.approx(
             client.get_run(whole).data.metrics[name], abs=1e-6
         )
+
+
+def test_a_killed_sweep_trial_resumes_from_its_checkpoint(store, data_uri, tmp_path):  # noqa: F811
+    """A worker killed in a trial's epoch 3: the next worker requeues the trial, which resumes."""
+    client = store["client"]
+    sweep = {
+        "data": data_uri,
+        **{name: str(value) for name, value in PARAMETERS.items()},
+        "dense_units": "32,16",  # a grid of two; the first trial is the one killed
+        "study_name": "killed_trial",
+        "study_storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+    }
+    # A short grace period: the killed worker's trial counts as dead 2 s after its last beat.
+    graced = dict(store, env={"MLPIPE_SWEEP_GRACE_SECONDS": "2"})
+    started = Started(graced, "train_batch", **sweep)
+    deadline = time.monotonic() + 600
+    while checkpoint_epoch(tmp_path / "art", other_than="") < KILL_AFTER:
+        assert started.process.poll() is None, "".join(started.lines)[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(started.process.pid, signal.SIGKILL)
+    started.finish()
+    time.sleep(3)
+
+    again = mlflow_run(graced, "train_batch", **sweep)
+    assert "1 requeued from dead workers" in again["output"], again["output"][-3000:]
+    assert f"at epoch {KILL_AFTER + 1} from its checkpoint" in again["output"]
+    resumed = [
+        run
+        for run in client.search_runs([store["experiment_id"]])
+        if artifacts.RESUMED_FROM_TAG in run.data.tags
+    ]
+    assert len(resumed) == 1 and resumed[0].info.status == "FINISHED"
+    killed = client.get_run(resumed[0].data.tags[artifacts.RESUMED_FROM_TAG])
+    assert killed.info.status in {"KILLED", "FAILED"}
+    assert len(history(client, resumed[0].info.run_id)["loss"]) == EPOCHS
