@@ -4,8 +4,9 @@ train.py's command line, batch_train.py's swept parameters and their types, the 
 run before any data is read, the parameters a train run logs and `training.run_train` all
 come from `TrainParameters`. MLproject lists the same parameters for MLflow, which reads
 only that file; tests/unit/test_entry_points.py keeps it equal to this schema. Adding a
-hyperparameter means a field here, its line in MLproject's `train` and `train_batch`
-entry points, and the code that uses it.
+hyperparameter means a field here, its line in the `train` and `train_batch` entry points
+of MLproject and of docker/project/MLproject (kept word for word equal), and the code that
+uses it.
 
 No TensorFlow here: the sweep and the command lines import this before deciding to train.
 """
