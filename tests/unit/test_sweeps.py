@@ -136,8 +136,13 @@ def test_the_tpe_budget_counts_every_workers_trials(tmp_path):
 
 
 def test_a_trial_without_heartbeat_is_requeued_and_its_runs_killed(
-    tmp_path, use_tracking, short_grace
+    tmp_path, use_tracking, monkeypatch
 ):
+    # Grace long enough that making both dead trials cannot outlast it on a slow machine (at
+    # 1 s the first one was already stale when the check "within the grace period" ran).
+    grace = 4
+    monkeypatch.setattr(sweep_study, "GRACE_SECONDS", grace)
+    monkeypatch.setattr(sweep_study, "HEARTBEAT_SECONDS", 1)
     space = search_space.parse_search_space({"learning_rate": "1e-4:1e-2:log"})
     study, _ = open_test_study(tmp_path, "tpe")
     client = use_tracking["client"]
@@ -159,7 +164,7 @@ def test_a_trial_without_heartbeat_is_requeued_and_its_runs_killed(
         for run_id, worker_run_id in ((trial_run, worker_run), (other_trial_run, parent))
     ]
     assert sweep_study.requeue_dead_trials(study) == 0  # within the grace period
-    time.sleep(2.5)
+    time.sleep(grace + 1.5)
     assert sweep_study.requeue_dead_trials(study) == 2
     statuses = [client.get_run(run).info.status for run in (trial_run, worker_run, other_trial_run)]
     assert statuses == ["KILLED"] * 3
